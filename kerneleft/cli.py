@@ -1,0 +1,158 @@
+"""Command-line interface (INTERFACE.md): thin click wrappers over the Python API.
+
+Every command that computes writes one JSON object with ``--json PATH`` and prints a short summary.
+Bad input -> exit code 2 and one line ``error: <field>: <what is wrong>`` on stderr, no traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+
+from .config import load_config
+from .result import write_json
+
+__all__ = ["main", "cli"]
+
+
+def _positive_int(name: str, value: int, minimum: int) -> int:
+    if value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _summary(res, names=("K0",)) -> str:
+    lines = [f"depth grid: {len(res.t)} points, t in [0, {res.t[-1]:g}]"]
+    for n in names:
+        if n in res:
+            a = np.asarray(res[n])
+            lines.append(f"{n}[t=T] = {np.array2string(a[-1], precision=5, max_line_width=120)}")
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kerneleft")
+def cli():
+    """kerneleft: collective kernel EFT for finite-width pre-activation ResNets."""
+
+
+@cli.command()
+@click.argument("config", type=str)
+@click.option("--depth-model", type=click.Choice(["discrete", "continuous"]), default="discrete",
+              show_default=True, help="discrete: the depth-L recursion; continuous: dK0/dt = S̄(K0).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True, help="Output JSON file.")
+def kernel(config, depth_model, json_out):
+    """Infinite-width kernel K0 on the depth grid (THEORY §4)."""
+    net = load_config(config)
+    from .kernel import kernel as kernel_api
+
+    res = kernel_api(net, depth_model=depth_model)
+    write_json(res, json_out)
+    click.echo(_summary(res))
+
+
+@cli.command()
+@click.argument("config", type=str)
+@click.option("--closure", type=click.Choice(["g-only", "sigma"]), required=True,
+              help="g-only: the paper's closure (§5); sigma: the sigma-kernel theory (§6).")
+@click.option("--depth-model", type=click.Choice(["continuous", "discrete"]), default="continuous",
+              show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
+def theory(config, closure, depth_model, json_out):
+    """Leading-order theory: K0, V4 = n Cov[G], K1 with E[G] ≈ K0 + K1/n."""
+    net = load_config(config)
+    from .theory import solve
+
+    res = solve(net, closure=closure, depth_model=depth_model)
+    write_json(res, json_out)
+    click.echo(_summary(res, ("K0", "K1")))
+
+
+@cli.command()
+@click.argument("config", type=str)
+@click.option("--width", type=int, required=True, help="Network width n (>= 1).")
+@click.option("--samples", type=int, required=True, help="Number of independent networks (>= 2).")
+@click.option("--seed", type=int, required=True, help="Root seed (numpy SeedSequence).")
+@click.option("--method", type=click.Choice(["conditional", "weights", "g-only-chain"]), default="conditional",
+              show_default=True, help="Exact neuron-level sampler, explicit weights, or the G-only chain (§5).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes (with --scheduler: Dask workers to wait for).")
+@click.option("--scheduler", type=str, default=None, metavar="ADDRESS",
+              help="Run the seed chunks on this Dask scheduler (tcp://host:8786 or a scheduler file).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
+def simulate(config, width, samples, seed, method, workers, scheduler, json_out):
+    """Exact finite-width ensemble statistics with standard errors (THEORY §2, §7)."""
+    net = load_config(config)
+    _positive_int("width", width, 1)
+    _positive_int("samples", samples, 2)
+    _positive_int("workers", workers, 1)
+    from .ensemble import simulate as simulate_api
+
+    res = simulate_api(net, width=width, samples=samples, seed=seed, method=method, workers=workers,
+                       scheduler=scheduler)
+    write_json(res, json_out)
+    click.echo(_summary(res, ("G_mean", "K1")))
+
+
+@cli.command()
+@click.argument("config", type=str)
+@click.option("--width", type=int, required=True)
+@click.option("--samples", type=int, required=True)
+@click.option("--seed", type=int, required=True)
+@click.option("--threshold", type=float, default=0.05, show_default=True,
+              help="Relative error that closes the validity window.")
+@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
+def diagnose(config, width, samples, seed, threshold, workers, json_out):
+    """THEORY §5 diagnostics: each G-only closed term against its exact counterpart."""
+    net = load_config(config)
+    _positive_int("width", width, 1)
+    _positive_int("samples", samples, 2)
+    _positive_int("workers", workers, 1)
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold: must be a finite number > 0, got {threshold}")
+    from .diagnostics import diagnose as diagnose_api
+
+    res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, workers=workers)
+    write_json(res, json_out)
+    click.echo(_summary(res, ()))
+    for k, v in res.meta.get("validity_window", {}).items():
+        click.echo(f"validity window ({k}): {'beyond T' if v is None else f't = {v:g}'}")
+
+
+@cli.command()
+@click.argument("sweep_file", metavar="SWEEP.toml", type=str)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--scheduler", type=str, default=None, metavar="ADDRESS",
+              help="Dask scheduler (tcp://host:8786 or a scheduler file); default: this machine.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Local worker processes (with --scheduler: Dask workers to wait for).")
+def sweep(sweep_file, out, scheduler, workers):
+    """Grid of ensembles and theory solves -> OUT/results.parquet + OUT/cells/*.json (cached)."""
+    _positive_int("workers", workers, 1)
+    from .sweep import load_sweep, run_sweep
+
+    summary = run_sweep(load_sweep(sweep_file), out, scheduler=scheduler, workers=workers)
+    click.echo(f"sweep: {len(summary.cells)} cells, {len(summary.computed)} computed, "
+               f"{len(summary.cached)} cached; {summary.rows} rows in {summary.table}")
+
+
+def main(argv=None) -> int:
+    """Entry point: run the click group, turning bad input into one ``error:`` line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="kerneleft", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()}".replace("\n", " "), err=True)
+        return 2
+    except (ValueError, TypeError) as err:
+        click.echo(f"error: {err}".splitlines()[0], err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

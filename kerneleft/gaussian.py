@@ -1,0 +1,246 @@
+"""Gaussian-expectation engine (THEORY §1, §4, §6): F(K) = E_{z~N(0,K)}[φ(z) φ(z)ᵀ] and its derivative maps.
+
+Every entry is a bivariate integral over the 2x2 block of K on {a, b}, so each call evaluates the P(P−1)/2 pair
+blocks and the P diagonal (one-variable) moments in one vectorised call of two primitives:
+
+- :func:`pair_moments`  M[..., i, j] = E[φ^(i)(u) φ^(j)(v)],  (u, v) ~ N(0, [[k11, k12], [k12, k22]]);
+- :func:`diag_moments`  D[..., m]    = E[(φ²)^(m)(u)],       u ~ N(0, k).
+
+Price's theorem / Gaussian integration by parts (§4) turns every derivative map into these:
+E[∂^α(φ(z_a) φ(z_b))] = M[α_a, α_b] (a ≠ b) or D[α_a] (a = b), and ∂F_ab/∂K_ef over ordered pairs gives
+``J[a,b,e,f] = ½ E[∂_e∂_f(φ_a φ_b)]``, ``H[a,b,e,f,g,h] = ¼ E[∂_e∂_f∂_g∂_h(φ_a φ_b)]``.
+
+Methods. Closed forms, all orders (:mod:`kerneleft._gauss_closed`): linear, relu (arc-cosine; derivatives are
+distributions Θ, δ, δ', ..., exact, ±inf at an exactly degenerate block where they truly diverge), erf (arcsine),
+sin. Everything else by quadrature (:mod:`kerneleft._gauss_quad`): exact Taylor-mode derivatives where known
+(all registered smooth φ, or ``Activation(..., derivs=...)``) and/or Gaussian integration by parts onto Hermite
+polynomials, choosing per entry the one with the smaller rounding bound.
+
+Supported: registered activations, every order, every PSD block (degenerate included). A plain user callable
+(no ``derivs``): all orders on blocks with 1 − ρ² > 1e-12 (integration by parts needs K^{-1}); on a numerically
+degenerate off-diagonal block only order 0 (F) is available and derivative orders >= 1 give NaN — give the
+Activation exact ``derivs`` to lift this. Diagonal (one-variable) moments of user callables work at every k > 0.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from . import _gauss_closed, _gauss_quad
+from .activations import REGISTRY, Activation, get_activation
+
+__all__ = ["pair_moments", "diag_moments", "F", "jacobian", "hessian", "DF", "D2F", "derivative_moment"]
+
+_PSD_SLACK = 1e-8          # tolerated relative excess |k12| > sqrt(k11 k22) before a block is rejected
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _order(order) -> int:
+    try:
+        o = operator.index(order)
+    except TypeError:
+        raise TypeError(f"order: must be an integer >= 0, got {type(order).__name__}") from None
+    if o < 0:
+        raise ValueError(f"order: must be an integer >= 0, got {o}")
+    return o
+
+
+def _variance(name, k):
+    k = np.asarray(k, dtype=float)
+    if not np.all(np.isfinite(k)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    if np.any(k < 0):
+        raise ValueError(f"{name}: variances must be >= 0, got min {k.min():.3g}")
+    return k
+
+
+def _block(k11, k22, k12, name="k12"):
+    """Validate/broadcast a 2x2 block; clip k12 into [−√(k11k22), √(k11k22)] within the slack."""
+    k11, k22 = _variance("k11", k11), _variance("k22", k22)
+    k12 = np.asarray(k12, dtype=float)
+    if not np.all(np.isfinite(k12)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    k11, k22, k12 = np.broadcast_arrays(k11, k22, k12)
+    s = np.sqrt(k11 * k22)
+    if np.any(np.abs(k12) > s * (1 + _PSD_SLACK) + 1e-300):
+        raise ValueError(f"{name}: not positive semi-definite (|K_ab| > sqrt(K_aa K_bb) for some pair)")
+    return k11, k22, np.clip(k12, -s, s)
+
+
+def _kernel(K):
+    K = np.asarray(K, dtype=float)
+    if K.ndim < 2 or K.shape[-1] != K.shape[-2] or K.shape[-1] == 0:
+        raise ValueError(f"K: must have shape (..., P, P), got {K.shape}")
+    if not np.all(np.isfinite(K)):
+        raise ValueError("K: contains NaN or inf")
+    return K
+
+
+def _closed(act: Activation, table):
+    """The closed form for a registered activation (identity checked, not just the name)."""
+    fn = table.get(act.name)
+    return fn if fn is not None and REGISTRY.get(act.name) == act else None
+
+
+# ----------------------------------------------------------------------------------------------- primitives
+def _method(act, table, method):
+    if method not in ("auto", "closed", "quadrature"):
+        raise ValueError(f"method: must be 'auto', 'closed' or 'quadrature', got {method!r}")
+    closed = _closed(act, table) if method != "quadrature" else None
+    if method == "closed" and closed is None:
+        raise ValueError(f"method: no closed form for activation {act.name!r}")
+    return closed
+
+
+def pair_moments(act, k11, k22, k12, order, *, with_error=False, method="auto"):
+    """M[..., i, j] = E[φ^(i)(u) φ^(j)(v)] for i + j <= order (0 elsewhere); (u, v) ~ N(0, [[k11,k12],[k12,k22]]).
+
+    k's broadcast to shape S; returns (*S, order+1, order+1) (and, with ``with_error``, an error estimate of the
+    same shape: 8 ulp for closed forms, the rounding bound for quadrature). ``method``: 'auto' (closed form if
+    there is one), 'closed' or 'quadrature' (for cross-checks). §4, §6.
+    """
+    act, order = get_activation(act), _order(order)
+    k11, k22, k12 = _block(k11, k22, k12)
+    closed = _method(act, _gauss_closed.PAIR, method)
+    if closed is not None:
+        M = closed(k11, k22, k12, order)
+        err = np.abs(M) * 8 * np.finfo(float).eps
+    else:
+        shape = k12.shape
+        M, err = _gauss_quad.pair_moments(act.phi, act.derivs, k11.ravel(), k22.ravel(), k12.ravel(), order,
+                                          _gauss_quad.profile_for(act.name))
+        M, err = M.reshape(shape + M.shape[1:]), err.reshape(shape + M.shape[1:])
+    return (M, err) if with_error else M
+
+
+def diag_moments(act, k, order, *, with_error=False, method="auto"):
+    """D[..., m] = E[(φ²)^(m)(u)], u ~ N(0, k), m = 0..order; k shape S -> (*S, order+1). Options as pair_moments. §4."""
+    act, order = get_activation(act), _order(order)
+    k = _variance("k", k)
+    closed = _method(act, _gauss_closed.DIAG, method)
+    if closed is not None:
+        D = closed(k, order)
+        err = np.abs(D) * 8 * np.finfo(float).eps
+    else:
+        D, err = _gauss_quad.diag_moments(act.phi, act.derivs, k.ravel(), order, _gauss_quad.profile_for(act.name))
+        D, err = D.reshape(k.shape + (order + 1,)), err.reshape(k.shape + (order + 1,))
+    return (D, err) if with_error else D
+
+
+def _blocks(act, K, order):
+    """Pair moments of all blocks a < b and diagonal moments: (M (..., npair, o+1, o+1), D (..., P, o+1), a, b)."""
+    K = _kernel(K)
+    P = K.shape[-1]
+    a, b = np.triu_indices(P, 1)
+    kd = np.diagonal(K, axis1=-2, axis2=-1)
+    M = pair_moments(act, kd[..., a], kd[..., b], 0.5 * (K[..., a, b] + K[..., b, a]), order)
+    return M, diag_moments(act, kd, order), a, b
+
+
+# ----------------------------------------------------------------------------------------------- F and derivatives
+def F(act, K):
+    """F(K)_ab = E_{z~N(0,K)}[φ(z_a) φ(z_b)] (§1); K (..., P, P) -> (..., P, P)."""
+    M, D, a, b = _blocks(act, K, 0)
+    out = np.zeros(D.shape[:-1] + (D.shape[-2],))
+    idx = np.arange(D.shape[-2])
+    out[..., idx, idx] = D[..., 0]
+    out[..., a, b] = out[..., b, a] = M[..., 0, 0]
+    return out
+
+
+def _combos(n):
+    """All index words w ∈ {0, 1}^n (0 = a, 1 = b) as an (2^n, n) array."""
+    return np.array(np.unravel_index(np.arange(2 ** n), (2,) * n)).T
+
+
+def _derivative_tensor(act, K, n):
+    """T[..., a, b, e1, ..., en] = E[∂_e1...∂_en (φ_a φ_b)]; K (..., P, P) -> (..., P, P, P, ..., P) (n more axes)."""
+    M, D, a, b = _blocks(act, K, n)
+    P = D.shape[-2]
+    T = np.zeros(D.shape[:-1] + (P,) * (n + 1))
+    idx = np.arange(P)
+    T[(Ellipsis, idx, idx) + (idx,) * n] = D[..., n]
+    for w in _combos(n):
+        na = int(np.sum(w == 0))
+        e = tuple((a, b)[i] for i in w)
+        T[(Ellipsis, a, b) + e] = T[(Ellipsis, b, a) + e] = M[..., na, n - na]
+    return T
+
+
+def jacobian(act, K):
+    """J[..., a, b, e, f] = ½ E[∂_e∂_f(φ(z_a) φ(z_b))]: DF[X] = Σ_ef J X_ef over ordered pairs (§4, §5 𝒯 = C_W J)."""
+    return 0.5 * _derivative_tensor(act, K, 2)
+
+
+def hessian(act, K):
+    """H[..., a, b, e, f, g, h] = ¼ E[∂_e∂_f∂_g∂_h(φ_a φ_b)]: D²F[X, Y]_ab = Σ H X_ef Y_gh (§4, §5 ℋ = C_W H).
+
+    Memory is P^6 doubles per kernel (134 MB at P = 16); prefer :func:`D2F` for contractions at large P.
+    """
+    return 0.25 * _derivative_tensor(act, K, 4)
+
+
+def _directional(act, K, Xs):
+    """(1/2^n) Σ_{e..} E[∂_e1..∂_en(φ_aφ_b)] X1_e1e2 X2_e3e4 ... for n = 2·len(Xs); returns (..., P, P)."""
+    n = 2 * len(Xs)
+    M, D, a, b = _blocks(act, K, n)
+    Xs = [np.asarray(X, dtype=float) for X in Xs]
+    P = D.shape[-2]
+    idx = np.arange(P)
+    shape = np.broadcast_shapes(D.shape[:-2], *(X.shape[:-2] for X in Xs))
+    out = np.zeros(shape + (P, P))
+    out[..., idx, idx] = D[..., n] * math.prod(X[..., idx, idx] for X in Xs)
+    ab = (a, b)
+    acc = 0.0
+    for w in _combos(n):
+        na = int(np.sum(w == 0))
+        coef = M[..., na, n - na]
+        for k, X in enumerate(Xs):
+            coef = coef * X[..., ab[w[2 * k]], ab[w[2 * k + 1]]]
+        acc = acc + coef
+    out[..., a, b] = out[..., b, a] = acc
+    return out / 2 ** len(Xs)
+
+
+def DF(act, K, X):
+    """DF_K[X]_ab = ½ Σ_ef X_ef E[∂_e∂_f(φ_a φ_b)] (§4, ordered pairs); K, X (..., P, P) -> (..., P, P)."""
+    return _directional(act, K, [X])
+
+
+def D2F(act, K, X, Y):
+    """D²F_K[X, Y]_ab = ¼ Σ X_ef Y_gh E[∂_e∂_f∂_g∂_h(φ_a φ_b)] (§4); K, X, Y (..., P, P) -> (..., P, P)."""
+    return _directional(act, K, [X, Y])
+
+
+def derivative_moment(act, K, alpha):
+    """E_{z~N(0,K)}[∂^alpha (φ(z_a) φ(z_b))] for a multi-index ``alpha`` (length P); K (..., P, P) -> (..., P, P).
+
+    Zero unless supp(alpha) ⊆ {a, b}; equals M[alpha_a, alpha_b] of the (a, b) block for a ≠ b and the
+    one-variable moment E[(φ²)^(alpha_a)] on the diagonal (§6).
+    """
+    K = _kernel(K)
+    P = K.shape[-1]
+    alpha = np.asarray(alpha)
+    if alpha.shape != (P,) or not np.issubdtype(alpha.dtype, np.integer) or np.any(alpha < 0):
+        raise ValueError(f"alpha: must be a length-{P} tuple of integers >= 0, got {tuple(np.ravel(alpha))}")
+    supp = np.flatnonzero(alpha)
+    out = np.zeros(K.shape)
+    kd = np.diagonal(K, axis1=-2, axis2=-1)
+    if supp.size == 0:
+        return F(act, K)
+    if supp.size > 2:
+        return out
+    e = int(supp[0])
+    if supp.size == 2:
+        f = int(supp[1])
+        m = pair_moments(act, kd[..., e], kd[..., f], 0.5 * (K[..., e, f] + K[..., f, e]), int(alpha.sum()))
+        out[..., e, f] = out[..., f, e] = m[..., alpha[e], alpha[f]]
+        return out
+    n = int(alpha[e])
+    others = np.array([c for c in range(P) if c != e], dtype=int)
+    m = pair_moments(act, kd[..., e, None], kd[..., others], 0.5 * (K[..., e, others] + K[..., others, e]), n)
+    out[..., e, others] = out[..., others, e] = m[..., n, 0]
+    out[..., e, e] = diag_moments(act, kd[..., e], n)[..., n]
+    return out
