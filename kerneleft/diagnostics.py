@@ -1,0 +1,158 @@
+"""Diagnostics of the G-only closure (THEORY §5 "Diagnostics to provide"), measured on the exact ensemble.
+
+Each closed term of §5 is evaluated on simulated statistics and set against its exact counterpart from the
+identities I1–I2 (§3), layer by layer (S = C_W Σ + C_b, 𝒯, ℋ at the discrete K0^l, n = width):
+
+- transport:  n Cov[G_ab, S_cd] = C_W covGSigma   vs   Σ_ef V4[a,b,e,f] 𝒯[c,d,e,f]  (V4 simulated);
+- source:     E[G⊠S] = E[G]⊠E[S] + (1/n) R(n Cov[G,S])   vs   K0⊠S̄(K0);
+- K1 source:  n(E[S] − S̄(K0))   vs   𝒯K1 + ½ℋ:V4  (K1, V4 simulated; by I1 the left side drives K1 exactly);
+- V4 residual: with d^l = (exact − closed) increment of I2 at layer l, split into the terms
+  transport ε(nCov[G,S] + transpose − 𝒯V4 − V4𝒯ᵀ), source ε(E[G⊠S] − K0⊠S̄) and
+  eps2 ε²(n Cov[S] + E[S∘S] − 𝒯V4𝒯ᵀ − S̄∘S̄), the residual is transported like V4 itself:
+  r^{l+1} = (1+ε𝒯) r^l (1+ε𝒯)ᵀ + d^l, r^0 = 0. By I2, E[r^l] = E[V4_sim^l] − V4_gonly^l exactly (discrete
+  G-only theory at the same L), so the terms split the whole V4 error; ``v4_unexplained`` = V4_sim − V4_gonly − r
+  has mean zero (a bookkeeping check). At finite width every term also carries O(1/n) effects (the source term
+  is nothing else: E[G⊠S] − K0⊠S̄ = O(1/n)); the closure error proper is what persists as n grows.
+
+Standard errors: the samples are split into independent batches (separate seeds); every diagnostic is computed
+per batch and the batch spread gives its SE (batch means), so nonlinear and accumulated quantities get honest
+errors. Validity window of V4 and K1: the first t_l at which some entry satisfies
+|theory − sim| > threshold · max|sim^l| + 2 SE (relative error measured against the largest entry of the
+simulated quantity at that layer, and required to exceed the threshold by two standard errors); None if never.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .config import Network
+from .kernel import S_bar
+from .result import KernelResult
+from .tensors import box, circ
+from .theory.gonly import coefficients, from_pairs, from_pairs4, solve_gonly, tadpole, to_pairs, to_pairs4
+
+__all__ = ["diagnose", "closure_terms", "TERMS"]
+
+TERMS = ("transport", "source", "eps2")
+
+
+def _pair_rearrange(C: np.ndarray) -> np.ndarray:
+    """R(C)[a,b,c,d] = C[a,c,b,d] + C[a,d,b,c] + C[b,c,a,d] + C[b,d,a,c]: (1/n) R(nCov[G,S]) = E[G⊠S] − E[G]⊠E[S]."""
+    return (np.einsum("...acbd->...abcd", C) + np.einsum("...adbc->...abcd", C)
+            + np.einsum("...bcad->...abcd", C) + np.einsum("...bdac->...abcd", C))
+
+
+def _circ_rearrange(C: np.ndarray) -> np.ndarray:
+    """C[a,c,b,d] + C[a,d,b,c]: (1/n) of it, with C = n Cov[S], is E[S∘S] − E[S]∘E[S]."""
+    return np.einsum("...acbd->...abcd", C) + np.einsum("...adbc->...abcd", C)
+
+
+def _propagate(A: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """r^{l+1} = A_l r^l A_lᵀ + d^l, r^0 = 0; A (L,N,N), d (..., L, N, N) -> (..., L+1, N, N)."""
+    r = np.zeros(d.shape[:-3] + (d.shape[-3] + 1,) + d.shape[-2:])
+    for l in range(A.shape[0]):
+        r[..., l + 1, :, :] = A[l] @ r[..., l, :, :] @ A[l].T + d[..., l, :, :]
+    return r
+
+
+def closure_terms(net: Network, width: int, stats: KernelResult) -> dict[str, np.ndarray]:
+    """All §5 diagnostics from one ensemble's statistics (a result of :func:`kerneleft.ensemble.simulate`).
+
+    Returns full tensors on l = 0..L: transport_exact/closure (L+1,P,P,P,P), source_exact (L+1,P,P,P,P),
+    k1_source_exact/closure/mismatch (L+1,P,P), v4_residual and v4_residual_<term> (L+1,P,P,P,P), and the
+    simulated G_mean, V4, K1 (copied).
+    """
+    P, eps, n = net.P, net.eps, width
+    K0 = stats["K0"]
+    c = coefficients(net, K0)
+    V = to_pairs4(stats["V4"])
+    ES = net.C_W * stats["Sigma_mean"] + net.C_b
+    C = net.C_W * stats["covGSigma"]                                    # n Cov[G_ab, S_cd]
+    CS = net.C_W ** 2 * stats["covSigma"]                               # n Cov[S]
+    Cp = to_pairs4(C)
+    VT = V @ np.swapaxes(c.Tr, -1, -2)                                  # V4 𝒯ᵀ, (L+1, N, N)
+    source_exact = box(stats["G_mean"], ES) + _pair_rearrange(C) / n
+    source_closure = box(K0, from_pairs(c.S, P))
+    k1_exact = n * (ES - S_bar(net, K0))
+    k1_closure = from_pairs(np.einsum("lpq,lq->lp", c.Tr, to_pairs(stats["K1"])) + tadpole(c, V), P)
+
+    Sbar = from_pairs(c.S, P)
+    d = {"transport": eps * (Cp + np.swapaxes(Cp, -1, -2) - VT - np.swapaxes(VT, -1, -2)),
+         "source": eps * (to_pairs4(source_exact - source_closure)),
+         "eps2": eps ** 2 * (to_pairs4(CS + circ(ES) + _circ_rearrange(CS) / n - circ(Sbar))
+                             - c.Tr @ VT)}
+    A = np.eye(V.shape[-1]) + eps * c.Tr[:-1]
+    r = {k: from_pairs4(_propagate(A, v[:-1]), P) for k, v in d.items()}
+    out = {"transport_exact": C, "transport_closure": from_pairs4(VT, P),
+           "source_exact": source_exact, "k1_source_exact": k1_exact, "k1_source_closure": k1_closure,
+           "k1_source_mismatch": k1_closure - k1_exact, "v4_residual": sum(r.values()),
+           "G_mean": stats["G_mean"], "V4": stats["V4"], "K1": stats["K1"]}
+    out.update({f"v4_residual_{k}": v for k, v in r.items()})
+    return out
+
+
+def _first_violation(t: np.ndarray, theory: np.ndarray, sim: np.ndarray, se: np.ndarray,
+                     threshold: float) -> tuple[float | None, np.ndarray]:
+    """Validity window (module docstring) and the relative error max|theory − sim| / max|sim| per layer."""
+    axes = tuple(range(1, sim.ndim))
+    scale = np.max(np.abs(sim), axis=axes)
+    err = np.abs(theory - sim)
+    rel = np.max(err, axis=axes) / np.where(scale > 0, scale, np.inf)
+    bad = np.any(err > threshold * scale.reshape((-1,) + (1,) * len(axes)) + 2 * se, axis=axes)
+    return (float(t[np.argmax(bad)]) if bad.any() else None), rel
+
+
+def _batch_seeds(seed: int, batches: int) -> list[int]:
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(batches, dtype=np.uint64) >> np.uint64(1)]
+
+
+def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float = 0.05, workers: int = 1,
+             ensemble: Sequence[KernelResult] | None = None, *, batches: int = 16,
+             method: str = "conditional") -> KernelResult:
+    """THEORY §5 diagnostics of the G-only closure against the exact ensemble (module docstring).
+
+    Simulates ``samples`` networks of width ``width`` with ``method`` in min(``batches``, samples // 2) independent
+    batches (seeds derived from ``seed``), or uses ``ensemble``: a sequence (>= 2) of independent results of
+    :func:`kerneleft.ensemble.simulate` for this ``net`` and ``width``. Arrays (INTERFACE.md ``diagnose`` keys,
+    each with ``se`` where simulated): transport_exact, transport_closure, source_exact, source_closure,
+    k1_source_exact, k1_source_closure, k1_source_mismatch (closure − exact), v4_residual, v4_unexplained,
+    G_mean, V4, K1 (simulated), K0, V4_gonly, K1_gonly (discrete G-only theory). meta: v4_residual_by_term
+    (term -> array, and its ``_se``), validity_window (quantity -> t or None), relative_error (per layer).
+    """
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold: must be a finite number > 0, got {threshold}")
+    if ensemble is None:
+        from .ensemble import simulate
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 2:
+            raise ValueError(f"batches: must be an integer >= 2, got {batches!r}")
+        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 4:
+            raise ValueError(f"samples: must be an integer >= 4 (two batches of two), got {samples!r}")
+        B = min(batches, samples // 2)
+        sizes = np.full(B, samples // B) + (np.arange(B) < samples % B)
+        ensemble = [simulate(net, width=width, samples=int(m), seed=s, method=method, workers=workers,
+                             progress=False) for m, s in zip(sizes, _batch_seeds(seed, B))]
+    elif len(ensemble) < 2:
+        raise ValueError(f"ensemble: must hold >= 2 independent batches, got {len(ensemble)}")
+    elif any(b.meta.get("width") != width for b in ensemble):
+        raise ValueError(f"ensemble: every batch must be simulated at width {width}")
+    per = [closure_terms(net, width, b) for b in ensemble]
+    B = len(per)
+    mean = {k: np.mean([p[k] for p in per], axis=0) for k in per[0]}
+    se = {k: np.std([p[k] for p in per], axis=0, ddof=1) / np.sqrt(B) for k in per[0]}
+
+    th = solve_gonly(net, depth_model="discrete")
+    mean["v4_unexplained"] = mean["V4"] - th.V4 - mean["v4_residual"]
+    se["v4_unexplained"] = np.std([p["V4"] - p["v4_residual"] for p in per], axis=0, ddof=1) / np.sqrt(B)
+    window, rel = {}, {}
+    for q in ("V4", "K1"):
+        window[q], rel[q] = _first_violation(net.t, th[q], mean[q], se[q], threshold)
+    by_term = {k: mean.pop(f"v4_residual_{k}") for k in TERMS}
+    by_term_se = {k: se.pop(f"v4_residual_{k}") for k in TERMS}
+    arrays = dict(mean, source_closure=box(th.K0, S_bar(net, th.K0)), K0=th.K0, V4_gonly=th.V4, K1_gonly=th.K1)
+    meta = {"kind": "diagnostics", "closure": "g-only", "width": width,
+            "samples": int(sum(b.meta["samples"] for b in ensemble)), "seed": seed,
+            "method": ensemble[0].meta["method"], "batches": B, "threshold": threshold, "config": net.to_dict(),
+            "v4_residual_by_term": by_term, "v4_residual_by_term_se": by_term_se,
+            "validity_window": window, "relative_error": rel}
+    return KernelResult(net.t, arrays, se, meta)

@@ -1,0 +1,135 @@
+"""Streaming moment accumulators and standard errors for the exact ensemble (THEORY §7).
+
+:class:`Moments` holds the central co-moments of a d-vector observable up to order (2, 2) — enough for means,
+covariances and delta-method standard errors of both — and merges two partial results exactly (Pébay's
+pairwise update), so an ensemble is a deterministic left fold over fixed chunks of samples in chunk order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .result import KernelResult
+
+__all__ = ["Moments", "merge", "pair_index", "drift_control_variate", "extrapolate_K1"]
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Central co-moments of x (..., d) over ``count`` samples; every array has leading shape ``...`` (e.g. L+1).
+
+    ``mean[..., i]``; ``M11[..., i, j] = Σ δx_i δx_j``; ``M21[..., i, j] = Σ δx_i² δx_j``;
+    ``M22[..., i, j] = Σ δx_i² δx_j²`` with δx = x − mean.
+    """
+
+    count: int
+    mean: np.ndarray
+    M11: np.ndarray
+    M21: np.ndarray
+    M22: np.ndarray
+
+    @classmethod
+    def from_samples(cls, x: np.ndarray) -> "Moments":
+        """Moments of samples x (N, ..., d) along axis 0."""
+        mean = x.mean(axis=0)
+        y = np.moveaxis(x - mean, 0, -1)          # (..., d, N)
+        y2 = y * y
+        yt = y.swapaxes(-1, -2)
+        return cls(x.shape[0], mean, y @ yt, y2 @ yt, y2 @ y2.swapaxes(-1, -2))
+
+    def cov(self) -> np.ndarray:
+        """Unbiased covariance (..., d, d)."""
+        return self.M11 / (self.count - 1)
+
+    def mean_se(self) -> np.ndarray:
+        """Standard error of the mean (..., d)."""
+        return np.sqrt(np.diagonal(self.cov(), axis1=-2, axis2=-1) / self.count)
+
+    def cov_se(self) -> np.ndarray:
+        """Delta-method standard error of the covariance: sqrt((E[δx_i²δx_j²] − C_ij²)/N), (..., d, d)."""
+        N = self.count
+        return np.sqrt(np.clip(self.M22 / N - (self.M11 / N) ** 2, 0.0, None) / N)
+
+
+def _shifted(m: Moments, a: np.ndarray) -> tuple:
+    """Co-moments of one part about a mean shifted by a (..., d): (M11, M21, M22) of (y + a), Σy = 0."""
+    ai, aj = a[..., :, None], a[..., None, :]
+    d20 = np.diagonal(m.M11, axis1=-2, axis2=-1)
+    m20, m02 = d20[..., :, None], d20[..., None, :]
+    M12 = m.M21.swapaxes(-1, -2)
+    M11 = m.M11 + m.count * ai * aj
+    M21 = m.M21 + aj * m20 + 2 * ai * m.M11 + m.count * ai * ai * aj
+    M22 = (m.M22 + 2 * aj * m.M21 + 2 * ai * M12 + aj * aj * m20 + ai * ai * m02 + 4 * ai * aj * m.M11
+           + m.count * ai * ai * aj * aj)
+    return M11, M21, M22
+
+
+def merge(a: Moments, b: Moments) -> Moments:
+    """Exact moments of the union of two sample sets (Pébay 2008 pairwise update); deterministic."""
+    n = a.count + b.count
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.count / n)
+    pa, pb = _shifted(a, -delta * (b.count / n)), _shifted(b, delta * (a.count / n))
+    return Moments(n, mean, *(x + y for x, y in zip(pa, pb)))
+
+
+def pair_index(P: int) -> np.ndarray:
+    """idx[a, b] = position of the unordered pair {a, b} in the P(P+1)/2 upper-triangle list; (P, P) int."""
+    idx = np.empty((P, P), dtype=int)
+    a, b = np.triu_indices(P)
+    idx[a, b] = idx[b, a] = np.arange(a.size)
+    return idx
+
+
+def drift_control_variate(G: np.ndarray, S: np.ndarray, K_in: np.ndarray, Tr: np.ndarray, eps: float) -> np.ndarray:
+    """Linear-response control variate Y^l (l = 1..L) for the drift integral D^l, with E[Y^l] = 0 exactly.
+
+    G, S (size, L+1, P, P) per network; Tr (L, P,P,P,P) the transport operators 𝒯_k = C_W DF(K0^k) (§5).
+    Built only from zero-mean pieces — δ^0 = G^0 − K_in (I3) and the martingale increments
+    ΔM^k = G^{k+1} − G^k − ε S^k (I1) — propagated linearly: δ^{k+1} = δ^k + ε𝒯_k δ^k + ΔM^k,
+    Y^l = ε Σ_{k<l} 𝒯_k δ^k. Since D^l − E[D^l] ≈ ε Σ_{k<l} 𝒯_k (G^k − E G^k) to first order, D − Y keeps only the
+    nonlinear and not-slaved-to-G parts of the fluctuation of S. Returns (size, L, P, P).
+    """
+    dM = G[:, 1:] - G[:, :-1] - eps * S[:, :-1]
+    delta = G[:, 0] - K_in
+    Y = np.empty_like(dM)
+    acc = np.zeros_like(delta)
+    for k in range(dM.shape[1]):
+        lin = eps * np.einsum("abcd,scd->sab", Tr[k], delta)
+        acc = acc + lin
+        Y[:, k] = acc
+        delta = delta + lin + dM[:, k]
+    return Y
+
+
+def extrapolate_K1(results) -> KernelResult:
+    """Fit ``K1_n = K1 + c/n`` per (l, a, b) by weighted least squares (weights 1/SE²) over >= 2 widths (§7).
+
+    ``results``: sampler KernelResults (same net, distinct ``meta['width']``) with ``K1`` and its ``se``.
+    Returns a KernelResult with arrays ``K1`` (the n → ∞ limit) and ``K1_slope`` (c), each with ``se``, and meta
+    ``widths``, ``chi2`` (weighted residual over a <= b) and ``dof``. Entries whose SE is 0 at every width (l = 0 for
+    the drift estimator) are exact: fitted unweighted, reported with SE 0.
+    """
+    results = list(results)
+    widths = np.array([r.meta["width"] for r in results], dtype=float)
+    if len(np.unique(widths)) < 2:
+        raise ValueError(f"results: need >= 2 distinct widths, got {widths.tolist()}")
+    y = np.stack([r["K1"] for r in results])                    # (m, L+1, P, P)
+    se = np.stack([r.se["K1"] for r in results])
+    exact = np.all(se == 0, axis=0)
+    w = np.where(exact, 1.0, 1.0 / np.where(se > 0, se, np.inf) ** 2)
+    x = (1.0 / widths).reshape(-1, *([1] * (y.ndim - 1)))
+    S0, S1, S2 = w.sum(0), (w * x).sum(0), (w * x * x).sum(0)
+    Sy, Sxy = (w * y).sum(0), (w * x * y).sum(0)
+    det = S0 * S2 - S1 ** 2
+    K1 = (S2 * Sy - S1 * Sxy) / det
+    slope = (S0 * Sxy - S1 * Sy) / det
+    iu = np.triu_indices(y.shape[-1])
+    resid = np.where(exact, 0.0, w * (y - K1 - slope * x) ** 2)[..., iu[0], iu[1]]
+    zero = np.where(exact, 0.0, 1.0)
+    return KernelResult(results[0].t, {"K1": K1, "K1_slope": slope},
+                        se={"K1": zero * np.sqrt(S2 / det), "K1_slope": zero * np.sqrt(S0 / det)},
+                        meta={"kind": "extrapolation", "widths": widths.tolist(),
+                              "chi2": float(resid.sum()),
+                              "dof": int(np.sum(~exact[..., iu[0], iu[1]])) * (len(widths) - 2)})

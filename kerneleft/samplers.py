@@ -1,0 +1,150 @@
+"""Exact finite-width path samplers (THEORY §1, §2).
+
+A path sampler ``f(net, width, size, rng) -> (G, Sigma)`` draws ``size`` independent networks and returns
+the empirical kernels ``G[s, l] = hᵀh/n`` and ``Sigma[s, l] = φ(h)ᵀφ(h)/n`` at every layer l = 0..L, both of
+shape (size, L+1, P, P).
+
+- :func:`weights_paths`: the network of §1 with explicit W^l (n x n) and b^l — the reference, O(n² P) per block.
+- :func:`conditional_paths`: the §2.1 neuron-level sampler ``h^{l+1} = h^l + √ε Z Aᵀ``, ``AAᵀ = S^l``,
+  O(n P²) per block; the same law as :func:`weights_paths`.
+- :func:`block_law_step`: the §2.2 block law, one step of ``G`` given ``(G^l, S^l)`` at O(P³) cost for any n.
+
+Internal layout: pre-activations of a chunk are one array ``h[s, a, i]`` (sample s, input a, neuron i) so that
+every per-layer operation is a single vectorised call over samples and neurons.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import Network
+
+__all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step"]
+
+
+def psd_factor(S: np.ndarray) -> np.ndarray:
+    """A with A Aᵀ = S for symmetric PSD S (..., P, P): batched Cholesky, eigh fallback if any S is singular."""
+    try:
+        return np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        lam, U = np.linalg.eigh(S)
+        return U * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
+
+
+def _phi_into(act, x: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = φ(x), written in place when φ is a numpy ufunc."""
+    if isinstance(act.phi, np.ufunc):
+        act.phi(x, out=out)
+    else:
+        out[...] = act.phi(x)
+
+
+def _record(buf: np.ndarray, P: int, n: int, G_l: np.ndarray, Sigma_l: np.ndarray) -> None:
+    """From buf (size, 2P, n) = [h; φ(h)] store G_l = hhᵀ/n and Sigma_l = φφᵀ/n, (size, P, P), in one matmul."""
+    gram = np.matmul(buf, buf.transpose(0, 2, 1))
+    gram *= 1.0 / n
+    G_l[...] = gram[:, :P, :P]
+    Sigma_l[...] = gram[:, P:, P:]
+
+
+def _paths(net: Network, width: int, size: int, rng: np.random.Generator, increment) -> tuple:
+    """Shared layer loop: h^0 rows iid N(0, K_in) (§1); ``increment(h, phi, Sigma_l)`` adds √ε Δ to h in place."""
+    n, P, L = width, net.P, net.depth
+    G = np.empty((size, L + 1, P, P))
+    Sigma = np.empty((size, L + 1, P, P))
+    buf = np.empty((size, 2 * P, n))
+    h, phi = buf[:, :P], buf[:, P:]
+    h[...] = np.matmul(psd_factor(net.K_in), rng.standard_normal((size, P, n)))
+    for l in range(L + 1):
+        _phi_into(net.phi, h, phi)
+        _record(buf, P, n, G[:, l], Sigma[:, l])
+        if l < L:
+            increment(h, phi, Sigma[:, l])
+    return G, Sigma
+
+
+def conditional_paths(net: Network, width: int, size: int, rng: np.random.Generator):
+    """§2.1 exact sampler: ``h^{l+1} = h^l + √ε Z Aᵀ`` with ``AAᵀ = S^l = C_W Σ^l + C_b 11ᵀ``; returns (G, Sigma),
+    each (size, L+1, P, P). Cost O(size·n·P²) per block (the normals dominate)."""
+    P, n = net.P, width
+    Z = np.empty((size, P, n))
+    dh = np.empty((size, P, n))
+
+    def increment(h, _phi, Sigma_l):
+        A = psd_factor(net.eps * (net.C_W * Sigma_l + net.C_b))   # (size, P, P), A Aᵀ = ε S^l
+        rng.standard_normal(out=Z)
+        np.matmul(A, Z, out=dh)                                    # dh[s, a, i] = Σ_c A[s,a,c] Z[s,c,i]
+        h += dh
+
+    return _paths(net, width, size, rng, increment)
+
+
+def weights_paths(net: Network, width: int, size: int, rng: np.random.Generator):
+    """§1 reference: ``h^{l+1}_i = h^l_i + √ε (Σ_j W_ij φ(h^l_j) + b_i)`` with explicit ``W ~ N(0, C_W/n)`` (n x n)
+    and ``b ~ N(0, C_b)``; returns (G, Sigma), each (size, L+1, P, P). Cost O(size·n²·P) per block."""
+    n = width
+    W = np.empty((size, n, n))
+    w_scale, b_scale, s = np.sqrt(net.C_W / n), np.sqrt(net.C_b), np.sqrt(net.eps)
+
+    def increment(h, phi, _Sigma_l):
+        rng.standard_normal(out=W)
+        b = rng.standard_normal((size, 1, n))
+        Delta = np.matmul(phi, W.transpose(0, 2, 1))               # Delta[s, a, i] = Σ_j W[s,i,j] φ[s,a,j]
+        Delta *= w_scale
+        Delta += b_scale * b
+        h += s * Delta
+
+    return _paths(net, width, size, rng, increment)
+
+
+def _wishart_identity(rng: np.random.Generator, dof: int, shape: tuple, P: int) -> np.ndarray:
+    """Draws of Wishart_P(dof, I), shape + (P, P): Bartlett factor if dof >= P (O(P²), any dof), else YᵀY with
+    Y (dof x P) standard normal (O(dof·P²) < O(P³))."""
+    if dof >= P:
+        B = np.tril(rng.standard_normal(shape + (P, P)), -1)
+        diag = np.sqrt(rng.chisquare(dof - np.arange(P), size=shape + (P,)))
+        B[..., np.arange(P), np.arange(P)] = diag
+        return np.matmul(B, B.swapaxes(-1, -2))
+    Y = rng.standard_normal(shape + (dof, P))
+    return np.matmul(Y.swapaxes(-1, -2), Y)
+
+
+def _gram_factor(G: np.ndarray, width: int) -> np.ndarray:
+    """V (..., n, P) with VᵀV = G for G of rank <= n < P (top-n eigenpairs); ValueError if rank(G) > n."""
+    lam, U = np.linalg.eigh(G)
+    P = G.shape[-1]
+    lam = np.clip(lam, 0.0, None)
+    if np.any(lam[..., : P - width] > 1e-10 * np.max(lam, axis=-1, keepdims=True)):
+        raise ValueError(f"G: rank must be <= width = {width} when width < P (G is a Gram of n vectors)")
+    top_lam, top_U = lam[..., P - width:], U[..., P - width:]
+    return np.sqrt(top_lam)[..., :, None] * top_U.swapaxes(-1, -2)
+
+
+def block_law_step(rng: np.random.Generator, G: np.ndarray, S: np.ndarray, width: int, eps: float) -> np.ndarray:
+    """One exact §2.2 block-law step ``G^{l+1} = G + √ε (X + Xᵀ) + ε Q`` given ``(G^l, S^l)``; G, S (..., P, P).
+
+    width >= P: ``X = Rᵀ E1 Aᵀ/√n``, ``Q = A (E1ᵀE1 + W̃) Aᵀ/n`` with ``RᵀR = G``, ``AAᵀ = S``, E1 (P x P) standard
+    normal and ``W̃ ~ Wishart_P(n−P, I)`` — cost O(P³), independent of n.
+    width < P: G has rank <= n, so ``h = √n V`` with ``VᵀV = G`` (V n x P) is drawn against a direct n x P normal
+    ``Z``: ``X = Vᵀ Z Aᵀ/√n``, ``Q = A ZᵀZ Aᵀ/n`` — also exact.
+    """
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width: must be an integer >= 1, got {width!r}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps: must be a finite number > 0, got {eps!r}")
+    G, S = np.asarray(G, dtype=float), np.asarray(S, dtype=float)
+    if G.shape != S.shape or G.ndim < 2 or G.shape[-1] != G.shape[-2]:
+        raise ValueError(f"G: shape {G.shape} must equal S shape {S.shape} and end in (P, P)")
+    P, shape, n = G.shape[-1], G.shape[:-2], int(width)
+    A = psd_factor(S)
+    At = A.swapaxes(-1, -2)
+    if n >= P:
+        Rt = psd_factor(G)
+        E1 = rng.standard_normal(shape + (P, P))
+        X = Rt @ E1 @ At / np.sqrt(n)
+        inner = np.matmul(E1.swapaxes(-1, -2), E1) + _wishart_identity(rng, n - P, shape, P)
+    else:
+        Z = rng.standard_normal(shape + (n, P))
+        X = _gram_factor(G, n).swapaxes(-1, -2) @ Z @ At / np.sqrt(n)
+        inner = np.matmul(Z.swapaxes(-1, -2), Z)
+    Q = A @ inner @ At / n
+    return G + np.sqrt(eps) * (X + X.swapaxes(-1, -2)) + eps * Q
