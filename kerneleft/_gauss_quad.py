@@ -1,34 +1,38 @@
-"""Quadrature for bivariate Gaussian moments of smooth activations (THEORY §4).
+"""Quadrature for bivariate Gaussian moments of smooth activations (THEORY §4, §6).
 
-Coordinates: (u, v) = (a x, c x + d y) with x, y iid N(0, 1) and [[a, 0], [c, d]] the Cholesky factor of the 2x2
-block (d = 0 at a degenerate block: no division by d anywhere). Each axis uses Gauss–Legendre nodes on [−Y, Y]
-mapped by y = y* + ε sinh(s), which clusters nodes at the activation's transition (x = 0 for φ(u); y* = −c x / d
-for φ(v)) at the scale ε = δ / (coefficient) of the transition; δ is the distance of φ's nearest complex
-singularity (π/2 for tanh, π for silu/softplus), fitted by measurement for the entire functions. This keeps
-tanh(σx) with σ² = 50 (nearly a step) at ~1e-13 with 64 x 64 nodes. Oscillatory φ (sin) use an almost uniform
-map (ε = 3) and more nodes.
+Common-factor representation of a 2x2 block with correlation ρ (r = |ρ|, s = sign ρ):
+    u = s √(r k11) w + √((1−r) k11) ξ1,    v = √(r k22) w + √((1−r) k22) ξ2,    w, ξ1, ξ2 iid N(0, 1),
+so that E[f^(i)(u) g^(j)(v)] = E_w[F_i(m1(w)) G_j(m2(w))] with the smoothed derivatives
+F_i(m) = E_ξ[f^(i)(m + σ1 ξ)]. Each F_i is a one-dimensional integral, evaluated by every split
+    F_i(m) = σ1^{−q} E_ξ[f^(i−q)(m + σ1 ξ) He_q(ξ)],    q = 0..i
+(Gaussian integration by parts onto Hermite polynomials; q = 0 is the direct derivative, q = i needs only φ),
+and at each outer node the split with the smallest absolute integrand mass (the rounding bound) is kept. Small
+variances favour direct derivatives, large variances favour Hermite; an intermediate split keeps order-24
+moments of tanh at ~1e-14 where either extreme loses 4–10 digits. ρ = ±1 (σ = 0) is exact with q = 0;
+ρ = 0 reduces to products of one-dimensional moments.
 
-Two estimators of E[f^(i)(u) f^(j)(v)] share these nodes (see :func:`pair_moments`):
-- direct: exact derivatives from Taylor-mode recurrences (``derivs``), valid at every block, degenerate included;
-- Hermite: Gaussian integration by parts, E[∂^α h(z)] = E[h(z) H_α(z; K)], with H_α the bivariate Hermite
-  polynomials of K (and 1-D He_m for the diagonal); needs only φ itself, and a non-degenerate block.
-For each entry the estimator with the smaller rounding bound ε_mach·E|integrand| is used (small variances favour
-direct derivatives, large variances and high orders favour Hermite), and that bound is returned as the error.
+Nodes: Gauss–Legendre on [−Y, Y] mapped by y = y* + ε sinh(t), clustering nodes at φ's transition (y* = −m/σ1
+on the inner axis, 0 on the outer axis) on the scale ε = δ/(coefficient), δ ≈ the distance of φ's nearest complex
+singularity (π/2 tanh, π silu/softplus; fitted by measurement for erf/gelu). tanh(σx) with σ² = 50 (nearly a
+step) is then exact to ~1e-13 with 64 nodes. Oscillatory φ (sin, δ = ∞) use an almost uniform map and ~16√k nodes.
+Derivatives come from exact Taylor-mode recurrences (``derivs``); a user callable without them uses q = i only.
+The returned error is the rounding bound ε_mach·n·E|integrand| of the chosen estimates (not the truncation
+error, which the node counts keep below it for the registered activations — see tests/test_gaussian.py).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.polynomial.legendre import leggauss
 
-__all__ = ["Profile", "profile_for", "pair_moments", "diag_moments"]
+__all__ = ["Profile", "profile_for", "pair_moments", "diag_moments", "sinh_rule"]
 
 _EPS = np.finfo(float).eps
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_DIRECT_MAX = 4                        # above this order the Hermite estimator is tried as well
-_CHUNK = 2 ** 21                       # max nodes x orders held at once (memory bound of the vectorised loops)
+_CHUNK = 2 ** 21                       # max (nodes x orders) held at once: memory bound of the vectorised loops
 
 
 @dataclass(frozen=True)
@@ -49,140 +53,117 @@ def profile_for(name: str) -> Profile:
     return _PROFILES.get(name, Profile())
 
 
-def _grid(order: int, prof: Profile, kmax: float, extra: int = 0) -> tuple[int, float]:
-    """(nodes per axis, half-width Y): Hermite weights of degree m live on |x| <~ 2√m; sin needs ~√k nodes."""
-    Y = 9.0 + 2.0 * math.sqrt(order) * (order > _DIRECT_MAX)
-    n = prof.n + extra * order
+def _grid(order: int, prof: Profile, kmax: float) -> tuple[int, float]:
+    """(nodes per axis, half-width Y of the inner axes): Y = 9 + √order keeps He_q tails negligible; sin needs ~16√k nodes."""
+    n = prof.n + 6 * order
     if math.isinf(prof.delta):
         n = max(n, int(16.0 * math.sqrt(kmax)) + 6 * order)
-    return n, Y
+    return n, 9.0 + math.sqrt(order)
+
+
+@functools.lru_cache(maxsize=64)
+def _legendre(n: int):
+    return leggauss(n)
 
 
 def sinh_rule(center, eps, n: int, Y: float):
     """Nodes/weights (..., n) for ∫_{−Y}^{Y} g(y) N(y) dy, clustered at ``center`` on scale ``eps`` (broadcast)."""
-    t, w = leggauss(n)
+    t, w = _legendre(n)
     center = np.asarray(center, dtype=float)[..., None]
     eps = np.asarray(eps, dtype=float)[..., None]
     lo, hi = np.arcsinh((-Y - center) / eps), np.arcsinh((Y - center) / eps)
-    s = 0.5 * (hi + lo) + 0.5 * (hi - lo) * t
-    y = center + eps * np.sinh(s)
-    return y, 0.5 * (hi - lo) * w * eps * np.cosh(s) * np.exp(-0.5 * y * y) * _INV_SQRT_2PI
+    sh = np.sinh(0.5 * (hi + lo) + 0.5 * (hi - lo) * t)
+    y = center + eps * sh
+    return y, (0.5 * _INV_SQRT_2PI) * (hi - lo) * eps * w * np.sqrt(1.0 + sh * sh) * np.exp(-0.5 * y * y)
 
 
-def _scale_eps(delta, cap, *coef):
+def _scale_eps(prof: Profile, coef):
     """ε = min(δ / |coef|, cap) elementwise (coef = 0 -> cap)."""
-    eps = np.full(np.broadcast(*coef).shape, cap)
-    for c in coef:
-        c = np.abs(c)
-        eps = np.minimum(eps, np.divide(delta, c, out=np.full(c.shape, np.inf), where=c > 0))
-    return eps
-
-
-def cholesky2(k11, k22, k12):
-    """(a, c, d) with u = a x, v = c x + d y; d = 0 at (and numerically beyond) degeneracy."""
-    a = np.sqrt(k11)
-    c = np.divide(k12, a, out=np.zeros_like(a), where=a > 0)
-    return a, c, np.sqrt(np.maximum(k22 - c * c, 0.0))
-
-
-def _nodes2(k11, k22, k12, n, Y, prof):
-    """Tensor nodes for blocks (B,): u (B, n), v (B, n, n), weights wx (B, n), wy (B, n, n), x (B, n), y (B, n, n)."""
-    a, c, d = cholesky2(k11, k22, k12)
-    x, wx = sinh_rule(0.0, _scale_eps(prof.delta, prof.cap, a, c), n, Y)
-    centred = (d[:, None] > 0) & (not math.isinf(prof.delta))
-    ystar = np.clip(np.divide(-c[:, None] * x, d[:, None], out=np.zeros_like(x), where=centred), -Y, Y)
-    y, wy = sinh_rule(ystar, _scale_eps(prof.delta, prof.cap, d)[:, None], n, Y)
-    return a[:, None] * x, c[:, None, None] * x[..., None] + d[:, None, None] * y, wx, wy, x, y
+    c = np.abs(coef)
+    return np.minimum(prof.cap, np.divide(prof.delta, c, out=np.full(c.shape, np.inf), where=c > 0))
 
 
 def _hermite_1d(x, order):
-    """He_m(x) / √m!, m = 0..order, stacked on axis 0 (stable normalised recurrence)."""
+    """He_q(x) / √q!, q = 0..order, stacked on the last axis (stable normalised recurrence)."""
     h = [np.ones_like(x), x]
-    for m in range(1, order):
-        h.append((x * h[m] - math.sqrt(m) * h[m - 1]) / math.sqrt(m + 1))
-    return np.stack(h[: order + 1])
+    for q in range(1, order):
+        h.append((x * h[q] - math.sqrt(q) * h[q - 1]) / math.sqrt(q + 1))
+    return np.stack(h[: order + 1], axis=-1)
 
 
-def _hermite_rows(w1, w2, Q11, Q22, Q12, order):
-    """Yield p, [H_pq(z; K)/√(p!q!) for q = 0..order−p], bivariate Hermite polynomials of K, row by row.
+def _split_table(vals, absv, sigma, order):
+    """From S[..., m, q] = E[f^(m) He_q/√q!] pick, per node and order i, the split q <= i with least |mass|.
 
-    w = Q z with Q = K^{-1}; H_{p,q} = w1 H_{p−1,q} − (p−1) Q11 H_{p−2,q} − q Q12 H_{p−1,q−1} (normalised form),
-    H_{0,q} = w2 H_{0,q−1} − (q−1) Q22 H_{0,q−2}. Only two rows are held at a time.
+    vals, absv (..., o+1, o+1); sigma broadcastable to (...). Returns estimates and masses (..., o+1).
     """
-    row = [np.ones_like(w1)]
-    for q in range(1, order + 1):
-        prev = Q22 * math.sqrt(q - 1) * row[q - 2] if q >= 2 else 0.0
-        row.append((w2 * row[q - 1] - prev) / math.sqrt(q))
-    older = None
-    for p in range(order + 1):
-        yield p, row
-        if p == order:
-            return
-        new = []
-        for q in range(order - p):
-            val = w1 * row[q]
-            if p >= 1:
-                val = val - Q11 * math.sqrt(p) * older[q]
-            if q >= 1:
-                val = val - Q12 * math.sqrt(q) * row[q - 1]
-            new.append(val / math.sqrt(p + 1))
-        older, row = row, new
+    q = np.arange(order + 1)
+    est, mass = np.empty(vals.shape[:-1]), np.empty(vals.shape[:-1])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        fac = np.sqrt([float(math.factorial(k)) for k in q]) * np.asarray(sigma)[..., None] ** (-q)
+        for i in range(order + 1):
+            e = vals[..., i - q[: i + 1], q[: i + 1]] * fac[..., : i + 1]
+            a = absv[..., i - q[: i + 1], q[: i + 1]] * fac[..., : i + 1]
+            a = np.where(np.isfinite(a) & np.isfinite(e), a, np.inf)
+            k = np.argmin(a, axis=-1)[..., None]
+            est[..., i] = np.take_along_axis(e, k, axis=-1)[..., 0]
+            mass[..., i] = np.take_along_axis(a, k, axis=-1)[..., 0]
+    est[np.isinf(mass)] = np.nan
+    return est, mass
 
 
-def _direct_pair(derivs, u, v, wx, wy, order):
-    """Σ w f^(i)(u) f^(j)(v) and Σ w |·| for i + j <= order: two (B, order+1, order+1) arrays."""
-    fu = derivs(u, order)                               # (o, B, n)
-    fv = derivs(v, order)                               # (o, B, n, n)
-    G = np.einsum("bxy,jbxy->jbx", wy, fv)
-    Ga = np.einsum("bxy,jbxy->jbx", wy, np.abs(fv))
-    return np.einsum("bx,ibx,jbx->bij", wx, fu, G), np.einsum("bx,ibx,jbx->bij", wx, np.abs(fu), Ga)
+def _smoothed(phi, derivs, z, xi_w, He, sigma, order):
+    """F[..., i] = E_ξ[f^(i)(m + σ ξ)] and its absolute mass, i = 0..order, from the inner nodes.
 
-
-def _hermite_pair(phi, u, v, wx, wy, k11, k22, k12, order):
-    """E[φ(u)φ(v) H_ij(z;K)] and E|·| (i + j <= order); NaN where the block is numerically degenerate."""
-    det = k11 * k22 - k12 * k12
-    ok = det > 1e-12 * np.maximum(k11 * k22, 1e-300)
-    inv = (np.where(ok, 1.0 / np.where(ok, det, 1.0), np.nan))[:, None, None]
-    Q11, Q22, Q12 = k22[:, None, None] * inv, k11[:, None, None] * inv, -k12[:, None, None] * inv
-    uu = u[..., None]
-    fw = (wx[..., None] * wy) * phi(u)[..., None] * phi(v)
-    val, ab = np.zeros((2, u.shape[0], order + 1, order + 1))
-    for p, row in _hermite_rows(Q11 * uu + Q12 * v, Q12 * uu + Q22 * v, Q11, Q22, Q12, order):
-        for q, H in enumerate(row):
-            norm = math.sqrt(math.factorial(p) * math.factorial(q))
-            val[:, p, q] = norm * np.einsum("bxy,bxy->b", fw, H)
-            ab[:, p, q] = norm * np.einsum("bxy,bxy->b", np.abs(fw), np.abs(H))
-    return val, ab
-
-
-def _choose(est, err):
-    """Per entry, the estimate with the smallest error bound (NaN bounds never chosen)."""
-    err = np.where(np.isnan(err), np.inf, err)
-    k = np.argmin(err, axis=0)
-    pick = lambda A: np.take_along_axis(A, k[None], axis=0)[0]
-    return pick(est), pick(err)
+    z = m + σξ and xi_w (quadrature weights) (B, N, n); He (B, N, n, o+1) normalised Hermite of ξ (None at
+    order 0); sigma (B,).
+    Without ``derivs`` only the split q = i is available (NaN for i >= 1 where σ = 0). Returns (B, N, o+1) x 2.
+    """
+    if order == 0:
+        f = xi_w * phi(z)
+        return np.sum(f, axis=-1)[..., None], np.sum(np.abs(f), axis=-1)[..., None]
+    if derivs is None:
+        f = (xi_w * phi(z))[..., None, :]                                                # (B, N, 1, n)
+        vals = np.zeros(z.shape[:2] + (order + 1, order + 1))
+        absv = np.full(z.shape[:2] + (order + 1, order + 1), np.inf)
+        vals[..., :1, :], absv[..., :1, :] = f @ He, np.abs(f) @ np.abs(He)
+    else:
+        f = xi_w[..., None, :] * np.moveaxis(derivs(z, order), 0, -2)                    # (B, N, o+1, n)
+        vals, absv = f @ He, np.abs(f) @ np.abs(He)
+    return _split_table(vals, absv, sigma[:, None], order)
 
 
 def pair_moments(phi, derivs, k11, k22, k12, order, prof):
-    """M[b, i, j] = E[φ^(i)(u) φ^(j)(v)] (i + j <= order) and its rounding-error bound; k's flat (B,).
+    """M[b, i, j] = E[φ^(i)(u) φ^(j)(v)] (i + j <= order, 0 elsewhere) and its rounding bound; k's flat (B,).
 
-    ``derivs(x, order)`` gives exact derivatives (None for a user callable without them: Hermite only).
+    Both smoothed functions share one inner grid: with t = √(r/(1−r)) the transitions sit at ξ = ∓t w, so
+    f's nodes are g's nodes times sign(ρ) (He_q picks up sign(ρ)^q).
     """
     B = k12.shape[0]
     n, Y = _grid(order, prof, float(np.max(np.maximum(k11, k22), initial=0.0)))
-    step = max(1, _CHUNK // (n * n * 3 * (order + 1)))
+    s = np.sqrt(k11 * k22)
+    rho = np.clip(np.divide(k12, s, out=np.zeros_like(s), where=s > 0), -1.0, 1.0)
+    r, sgn = np.abs(rho), np.where(rho < 0, -1.0, 1.0)
+    a1, a2 = np.sqrt(r * k11), np.sqrt(r * k22)
+    s1, s2 = np.sqrt((1 - r) * k11), np.sqrt((1 - r) * k22)
+    t = np.divide(np.sqrt(r), np.sqrt(1 - r), out=np.zeros_like(r), where=r < 1)
+    if math.isinf(prof.delta):
+        t = np.zeros_like(t)
+    step = max(1, _CHUNK // (n * n * (order + 1)))
     M, err = np.zeros((2, B, order + 1, order + 1))
-    for s in range(0, B, step):
-        sl = slice(s, s + step)
-        u, v, wx, wy, _, _ = _nodes2(k11[sl], k22[sl], k12[sl], n, Y, prof)
-        ests, errs = [], []
-        if derivs is not None:
-            val, ab = _direct_pair(derivs, u, v, wx, wy, order)
-            ests.append(val), errs.append(ab)
-        if derivs is None or order > _DIRECT_MAX:
-            val, ab = _hermite_pair(phi, u, v, wx, wy, k11[sl], k22[sl], k12[sl], order)
-            ests.append(val), errs.append(ab)
-        M[sl], err[sl] = _choose(np.stack(ests), _EPS * (n + 10) * np.stack(errs))
+    for c in range(0, B, step):
+        sl = slice(c, c + step)
+        w, ww = sinh_rule(0.0, np.minimum(_scale_eps(prof, a1[sl]), _scale_eps(prof, a2[sl])), n, 9.0)
+        xi, xw = sinh_rule(np.clip(-t[sl, None] * w, -Y, Y),
+                           np.broadcast_to(np.minimum(_scale_eps(prof, s1[sl]), _scale_eps(prof, s2[sl]))[:, None],
+                                           w.shape), n, Y)                              # (b, N, n)
+        z1 = sgn[sl, None, None] * (a1[sl, None, None] * w[..., None] + s1[sl, None, None] * xi)
+        z2 = a2[sl, None, None] * w[..., None] + s2[sl, None, None] * xi
+        He = _hermite_1d(xi, order) if order else None                                   # (b, N, n, o+1)
+        Hf = He * sgn[sl, None, None, None] ** np.arange(order + 1) if order else None
+        Fv, Fa = _smoothed(phi, derivs, z1, xw, Hf, s1[sl], order)
+        Gv, Ga = _smoothed(phi, derivs, z2, xw, He, s2[sl], order)
+        M[sl] = np.einsum("bw,bwi,bwj->bij", ww, Fv, Gv)
+        err[sl] = _EPS * (n + 10) * np.einsum("bw,bwi,bwj->bij", ww, Fa, Ga)
     i, j = np.indices((order + 1, order + 1))
     M[:, i + j > order] = 0.0
     err[:, i + j > order] = 0.0
@@ -190,26 +171,24 @@ def pair_moments(phi, derivs, k11, k22, k12, order, prof):
 
 
 def diag_moments(phi, derivs, k, order, prof):
-    """E[(φ²)^(m)(u)], u ~ N(0, k), m = 0..order, and error bound; k flat (B,).
+    """E[(φ²)^(m)(u)], u ~ N(0, k), m = 0..order, and rounding bound; k flat (B,) -> (B, o+1).
 
-    Direct: (φ²)^(m) = Σ_l C(m,l) φ^(l) φ^(m−l); Hermite: E[(φ²)^(m)(a x)] = a^{−m} E[φ(a x)² He_m(x)].
+    Splits E[(φ²)^(m)(a x)] = a^{−q} E[(φ²)^(m−q)(a x) He_q(x)], (φ²)^(p) = Σ_l C(p,l) φ^(l) φ^(p−l) (Leibniz).
     """
     n, Y = _grid(order, prof, float(np.max(k, initial=0.0)))
     a = np.sqrt(k)
-    x, w = sinh_rule(0.0, _scale_eps(prof.delta, prof.cap, a), n, Y)
+    x, w = sinh_rule(0.0, _scale_eps(prof, a), n, Y)
     u = a[:, None] * x
-    ests, errs = [], []
-    if derivs is not None:
+    if derivs is None:
+        sq = (w * phi(u) ** 2)[..., None, :]
+        vals = np.zeros(k.shape + (order + 1, order + 1))
+        absv = np.full(k.shape + (order + 1, order + 1), np.inf)
+    else:
         D = derivs(u, order)
-        terms = [sum(math.comb(m, l) * D[l] * D[m - l] for l in range(m + 1)) for m in range(order + 1)]
-        ests.append(np.stack([np.sum(w * t, axis=-1) for t in terms], axis=-1))
-        errs.append(np.stack([np.sum(w * np.abs(t), axis=-1) for t in terms], axis=-1))
-    if derivs is None or order > _DIRECT_MAX:
-        He = _hermite_1d(x, order)                                  # (o, B, n), normalised
-        scale = np.sqrt([math.factorial(m) for m in range(order + 1)])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ainv = np.where(a > 0, 1.0 / np.where(a > 0, a, 1.0), np.nan)[:, None] ** np.arange(order + 1)
-        f2 = w * phi(u) ** 2
-        ests.append(np.einsum("bn,mbn->bm", f2, He) * scale * ainv)
-        errs.append(np.einsum("bn,mbn->bm", np.abs(f2), np.abs(He)) * scale * ainv)
-    return _choose(np.stack(ests), _EPS * (n + 10) * np.stack(errs))
+        sq = w[..., None, :] * np.stack([sum(math.comb(p, l) * D[l] * D[p - l] for l in range(p + 1))
+                                         for p in range(order + 1)], axis=-2)
+        vals, absv = np.empty((2,) + k.shape + (order + 1, order + 1))
+    He = _hermite_1d(x, order)
+    vals[..., : sq.shape[-2], :], absv[..., : sq.shape[-2], :] = sq @ He, np.abs(sq) @ np.abs(He)
+    est, mass = _split_table(vals, absv, a, order)
+    return est, _EPS * (n + 10) * mass

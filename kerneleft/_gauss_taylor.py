@@ -19,7 +19,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def _to_derivatives(y: list[np.ndarray]) -> np.ndarray:
     """Normalised Taylor coefficients y_k -> derivatives k! y_k, stacked on axis 0."""
-    return np.stack([math.factorial(k) * yk for k, yk in enumerate(y)])
+    return np.stack([float(math.factorial(k)) * yk for k, yk in enumerate(y)])
 
 
 def _riccati(y0: np.ndarray, y1: np.ndarray, order: int, linear: float) -> list[np.ndarray]:

@@ -56,6 +56,12 @@ class Activation:
     def __hash__(self):
         return hash((self.name, id(self.phi)))
 
+    def __reduce__(self):
+        # Registered activations pickle by name (their lambdas do not pickle); user ones by value.
+        if REGISTRY.get(self.name) is self:
+            return get_activation, (self.name,)
+        return Activation, (self.name, self.phi, self.smooth)
+
 
 REGISTRY: dict[str, Activation] = {
     a.name: a

@@ -10,16 +10,23 @@ Price's theorem / Gaussian integration by parts (§4) turns every derivative map
 E[∂^α(φ(z_a) φ(z_b))] = M[α_a, α_b] (a ≠ b) or D[α_a] (a = b), and ∂F_ab/∂K_ef over ordered pairs gives
 ``J[a,b,e,f] = ½ E[∂_e∂_f(φ_a φ_b)]``, ``H[a,b,e,f,g,h] = ¼ E[∂_e∂_f∂_g∂_h(φ_a φ_b)]``.
 
-Methods. Closed forms, all orders (:mod:`kerneleft._gauss_closed`): linear, relu (arc-cosine; derivatives are
-distributions Θ, δ, δ', ..., exact, ±inf at an exactly degenerate block where they truly diverge), erf (arcsine),
-sin. Everything else by quadrature (:mod:`kerneleft._gauss_quad`): exact Taylor-mode derivatives where known
-(all registered smooth φ, or ``Activation(..., derivs=...)``) and/or Gaussian integration by parts onto Hermite
-polynomials, choosing per entry the one with the smaller rounding bound.
+Methods. Closed forms, all orders (:mod:`kerneleft._gauss_closed`): linear, relu (arc-cosine; the derivatives are
+the distributions Θ, δ, δ', ..., evaluated exactly), erf (arcsine), sin. Everything else by quadrature
+(:mod:`kerneleft._gauss_quad`): a common-factor split of the block into one outer and two inner one-dimensional
+integrals, with exact Taylor-mode derivatives (registered smooth φ, or ``Activation(..., derivs=...)``) moved
+partly onto Hermite polynomials by Gaussian integration by parts, the split chosen per node by its rounding bound.
 
-Supported: registered activations, every order, every PSD block (degenerate included). A plain user callable
-(no ``derivs``): all orders on blocks with 1 − ρ² > 1e-12 (integration by parts needs K^{-1}); on a numerically
-degenerate off-diagonal block only order 0 (F) is available and derivative orders >= 1 give NaN — give the
-Activation exact ``derivs`` to lift this. Diagonal (one-variable) moments of user callables work at every k > 0.
+Accuracy (tests/test_gaussian.py): orders <= 4 (F, DF, D²F) <= 1e-10 of the moment scale for variances 0.01–50 and
+any correlation including ±1; order 12 moments vs Mehler series 1e-14 (erf, relu) to ~1e-11 (tanh, gelu, sin);
+order 20–24 of erf: median 1e-14, worst ~1e-6 relative only for variance ratios ~5000 at |ρ| ~ 0.9.
+``with_error=True`` returns the rounding bound, which covered the actual error in every case measured.
+
+Supported: registered activations, every order, every PSD block with positive variances (degenerate included;
+relu's derivative moments of order >= 2 diverge like powers of 1/sqrt(det) there and are returned as ±inf, their
+exact limit, never NaN; a zero-variance input is fine for F but not for relu's derivative maps). A plain user
+callable (no ``derivs``) uses integration by parts only: every order, with a rounding error growing like
+(1 − |ρ|)^{-q/2} for order q, and NaN for orders >= 1 of an exactly degenerate off-diagonal block (|ρ| = 1) —
+give the Activation exact ``derivs`` to lift this. Its diagonal (one-variable) moments work at every k > 0.
 """
 from __future__ import annotations
 
@@ -56,25 +63,32 @@ def _variance(name, k):
     return k
 
 
-def _block(k11, k22, k12, name="k12"):
+def _block(k11, k22, k12):
     """Validate/broadcast a 2x2 block; clip k12 into [−√(k11k22), √(k11k22)] within the slack."""
     k11, k22 = _variance("k11", k11), _variance("k22", k22)
     k12 = np.asarray(k12, dtype=float)
     if not np.all(np.isfinite(k12)):
-        raise ValueError(f"{name}: contains NaN or inf")
+        raise ValueError("k12: contains NaN or inf")
     k11, k22, k12 = np.broadcast_arrays(k11, k22, k12)
+    return k11, k22, _clip_psd("k12", k11, k22, k12)
+
+
+def _clip_psd(name, k11, k22, k12):
     s = np.sqrt(k11 * k22)
     if np.any(np.abs(k12) > s * (1 + _PSD_SLACK) + 1e-300):
-        raise ValueError(f"{name}: not positive semi-definite (|K_ab| > sqrt(K_aa K_bb) for some pair)")
-    return k11, k22, np.clip(k12, -s, s)
+        raise ValueError(f"{name}: not positive semi-definite (|K_ab| > sqrt(K_aa K_bb) for some pair a, b)")
+    return np.clip(k12, -s, s)
 
 
 def _kernel(K):
+    """Validate K (..., P, P): shape, finite, variances >= 0 (2x2 blocks are checked by :func:`_blocks`)."""
     K = np.asarray(K, dtype=float)
     if K.ndim < 2 or K.shape[-1] != K.shape[-2] or K.shape[-1] == 0:
         raise ValueError(f"K: must have shape (..., P, P), got {K.shape}")
     if not np.all(np.isfinite(K)):
         raise ValueError("K: contains NaN or inf")
+    if np.any(np.diagonal(K, axis1=-2, axis2=-1) < 0):
+        raise ValueError("K: variances (diagonal) must be >= 0")
     return K
 
 
@@ -101,8 +115,12 @@ def pair_moments(act, k11, k22, k12, order, *, with_error=False, method="auto"):
     same shape: 8 ulp for closed forms, the rounding bound for quadrature). ``method``: 'auto' (closed form if
     there is one), 'closed' or 'quadrature' (for cross-checks). §4, §6.
     """
-    act, order = get_activation(act), _order(order)
     k11, k22, k12 = _block(k11, k22, k12)
+    M, err = _pair(get_activation(act), k11, k22, k12, _order(order), method)
+    return (M, err) if with_error else M
+
+
+def _pair(act, k11, k22, k12, order, method="auto"):
     closed = _method(act, _gauss_closed.PAIR, method)
     if closed is not None:
         M = closed(k11, k22, k12, order)
@@ -112,13 +130,16 @@ def pair_moments(act, k11, k22, k12, order, *, with_error=False, method="auto"):
         M, err = _gauss_quad.pair_moments(act.phi, act.derivs, k11.ravel(), k22.ravel(), k12.ravel(), order,
                                           _gauss_quad.profile_for(act.name))
         M, err = M.reshape(shape + M.shape[1:]), err.reshape(shape + M.shape[1:])
-    return (M, err) if with_error else M
+    return M, err
 
 
 def diag_moments(act, k, order, *, with_error=False, method="auto"):
     """D[..., m] = E[(φ²)^(m)(u)], u ~ N(0, k), m = 0..order; k shape S -> (*S, order+1). Options as pair_moments. §4."""
-    act, order = get_activation(act), _order(order)
-    k = _variance("k", k)
+    D, err = _diag(get_activation(act), _variance("k", k), _order(order), method)
+    return (D, err) if with_error else D
+
+
+def _diag(act, k, order, method="auto"):
     closed = _method(act, _gauss_closed.DIAG, method)
     if closed is not None:
         D = closed(k, order)
@@ -126,17 +147,16 @@ def diag_moments(act, k, order, *, with_error=False, method="auto"):
     else:
         D, err = _gauss_quad.diag_moments(act.phi, act.derivs, k.ravel(), order, _gauss_quad.profile_for(act.name))
         D, err = D.reshape(k.shape + (order + 1,)), err.reshape(k.shape + (order + 1,))
-    return (D, err) if with_error else D
+    return D, err
 
 
 def _blocks(act, K, order):
     """Pair moments of all blocks a < b and diagonal moments: (M (..., npair, o+1, o+1), D (..., P, o+1), a, b)."""
-    K = _kernel(K)
-    P = K.shape[-1]
-    a, b = np.triu_indices(P, 1)
+    act, K = get_activation(act), _kernel(K)
+    a, b = np.triu_indices(K.shape[-1], 1)
     kd = np.diagonal(K, axis1=-2, axis2=-1)
-    M = pair_moments(act, kd[..., a], kd[..., b], 0.5 * (K[..., a, b] + K[..., b, a]), order)
-    return M, diag_moments(act, kd, order), a, b
+    kab = _clip_psd("K", kd[..., a], kd[..., b], 0.5 * (K[..., a, b] + K[..., b, a]))
+    return _pair(act, kd[..., a], kd[..., b], kab, order)[0], _diag(act, kd, order)[0], a, b
 
 
 # ----------------------------------------------------------------------------------------------- F and derivatives
@@ -220,27 +240,23 @@ def derivative_moment(act, K, alpha):
     Zero unless supp(alpha) ⊆ {a, b}; equals M[alpha_a, alpha_b] of the (a, b) block for a ≠ b and the
     one-variable moment E[(φ²)^(alpha_a)] on the diagonal (§6).
     """
-    K = _kernel(K)
+    act, K = get_activation(act), _kernel(K)
     P = K.shape[-1]
     alpha = np.asarray(alpha)
     if alpha.shape != (P,) or not np.issubdtype(alpha.dtype, np.integer) or np.any(alpha < 0):
         raise ValueError(f"alpha: must be a length-{P} tuple of integers >= 0, got {tuple(np.ravel(alpha))}")
     supp = np.flatnonzero(alpha)
-    out = np.zeros(K.shape)
-    kd = np.diagonal(K, axis1=-2, axis2=-1)
     if supp.size == 0:
         return F(act, K)
+    out = np.zeros(K.shape)
     if supp.size > 2:
         return out
-    e = int(supp[0])
-    if supp.size == 2:
-        f = int(supp[1])
-        m = pair_moments(act, kd[..., e], kd[..., f], 0.5 * (K[..., e, f] + K[..., f, e]), int(alpha.sum()))
-        out[..., e, f] = out[..., f, e] = m[..., alpha[e], alpha[f]]
-        return out
-    n = int(alpha[e])
-    others = np.array([c for c in range(P) if c != e], dtype=int)
-    m = pair_moments(act, kd[..., e, None], kd[..., others], 0.5 * (K[..., e, others] + K[..., others, e]), n)
-    out[..., e, others] = out[..., others, e] = m[..., n, 0]
-    out[..., e, e] = diag_moments(act, kd[..., e], n)[..., n]
+    kd = np.diagonal(K, axis1=-2, axis2=-1)
+    e, n = int(supp[0]), int(alpha.sum())
+    others = supp[1:] if supp.size == 2 else np.array([c for c in range(P) if c != e], dtype=int)
+    kab = _clip_psd("K", kd[..., e, None], kd[..., others], 0.5 * (K[..., e, others] + K[..., others, e]))
+    m = _pair(act, np.broadcast_to(kd[..., e, None], kab.shape), kd[..., others], kab, n)[0]
+    out[..., e, others] = out[..., others, e] = m[..., alpha[e], n - alpha[e]]
+    if supp.size == 1:
+        out[..., e, e] = _diag(act, kd[..., e], n)[0][..., n]
     return out
