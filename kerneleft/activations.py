@@ -60,7 +60,7 @@ class Activation:
         # Registered activations pickle by name (their lambdas do not pickle); user ones by value.
         if REGISTRY.get(self.name) is self:
             return get_activation, (self.name,)
-        return Activation, (self.name, self.phi, self.smooth)
+        return Activation, (self.name, self.phi, self.smooth, self.derivs)
 
 
 REGISTRY: dict[str, Activation] = {
