@@ -1,0 +1,178 @@
+"""Resummed representation of the §6 response functionals R^{ab} (see :mod:`.sigma`): densities on planes.
+
+R^{num,ab}_t is a signed measure on ℝ^P with density r^{ab} obeying
+``∂_t r^{ab} = ½ S̄:∂² r^{ab} + Σ_ef 𝒯[ab,ef] r^{ef} + ½ C_W (p_ab − F_ab) μ_t``, r(0) = 0.
+Every pairing the theory needs, R(p_cd) and Σ_ab R^{ab}(∂_ab p_cd), involves a test function of (x_c, x_d) only,
+so only the marginals of r on the coordinate planes {c, d} are needed; marginalisation commutes with the heat
+flow and with 𝒯. Each plane (a line for P = 1) carries all P(P+1)/2 marginal densities on a periodic grid;
+the heat flow is exact in Fourier space (integrating-factor RK4), sources are Gaussian densities times
+the conditional expectation of p_ab given the plane coordinates (a 1-D Gaussian smoothing of φ or φ² for the
+one out-of-plane coordinate when P = 3). Truncation parameters: points per axis ``n`` and the box half-width
+``box`` in units of the largest standard deviation; spectral for smooth φ, O(h²) for relu.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+from scipy.interpolate import CubicSpline
+
+from ._sigma_march import layer_node, march
+
+__all__ = ["Plane", "planes", "plane_pairings", "MAX_P"]
+
+MAX_P = 3                              # at most one out-of-plane coordinate per pair
+_Z = np.linspace(-10.0, 10.0, 801)     # trapezoid nodes of the 1-D Gaussian smoothing (error ~1e-4 on a kink)
+_WZ = np.exp(-0.5 * _Z ** 2) * (_Z[1] - _Z[0]) / np.sqrt(2.0 * np.pi)
+
+
+class Plane(NamedTuple):
+    """One coordinate plane (or line) with its grid.
+
+    axes : (Q,) global coordinates of the plane, Q = 1 or 2.   x : (Q, *grid) coordinates of the nodes.
+    k : Q arrays broadcastable to the rfftn spectrum (angular wavenumbers); kd : the same, Nyquist zeroed.
+    dV : cell volume.   targets : pair numbers r = (c <= d) whose pairings are read on this plane.
+    g : (n_targets, *grid) test functions p_r = φ(x_c) φ(x_d).
+    """
+
+    axes: tuple
+    x: np.ndarray
+    k: tuple
+    kd: tuple
+    dV: float
+    targets: np.ndarray
+    g: np.ndarray
+
+
+def _pair_list(P: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(P)
+
+
+def planes(act, K: np.ndarray, n: int, box: float) -> list[Plane]:
+    """Planes {c < d} (the line {0} if P = 1) for kernels K (T, P, P): n nodes per axis, half-width box·√max K_cc."""
+    P = K.shape[-1]
+    a, b = _pair_list(P)
+    all_axes = [(0,)] if P == 1 else [(c, d) for c in range(P) for d in range(c + 1, P)]
+    owner = {r: next(i for i, ax in enumerate(all_axes) if {a[r], b[r]} <= set(ax)) for r in range(a.size)}
+    out = []
+    for i, axes in enumerate(all_axes):
+        half = box * np.sqrt(K[:, axes, axes].max(axis=0))
+        h = 2.0 * half / n
+        x = np.stack(np.meshgrid(*[-half[j] + h[j] * np.arange(n) for j in range(len(axes))], indexing="ij"))
+        k = [2 * np.pi * np.fft.fftfreq(n, hj) for hj in h[:-1]] + [2 * np.pi * np.fft.rfftfreq(n, h[-1])]
+        kd = [np.where(np.arange(kj.size) == n // 2, 0.0, kj) for kj in k]
+        shape = lambda j: tuple(-1 if m == j else 1 for m in range(len(axes)))  # noqa: E731
+        targets = np.array([r for r in range(a.size) if owner[r] == i], dtype=int)
+        pos = {c: j for j, c in enumerate(axes)}
+        phi = act(x)
+        g = np.stack([phi[pos[a[r]]] * phi[pos[b[r]]] for r in targets])
+        out.append(Plane(axes, x, tuple(kj.reshape(shape(j)) for j, kj in enumerate(k)),
+                         tuple(kj.reshape(shape(j)) for j, kj in enumerate(kd)), float(np.prod(h)), targets, g))
+    return out
+
+
+def _smoothed(act, m: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(E φ(m + σZ), E φ²(m + σZ)) at the points m: cubic-spline table (spacing <= σ/4) of a trapezoid rule in Z."""
+    lo, hi = float(m.min()) - 1.0, float(m.max()) + 1.0
+    size = max(4 * np.sqrt(m.size), 4 * (hi - lo) / max(sigma, 1e-12))
+    tab = np.linspace(lo, hi, int(np.clip(size, 64, 20000)))
+    f = act(tab[:, None] + sigma * _Z)
+    return CubicSpline(tab, f @ _WZ)(m), CubicSpline(tab, (f * f) @ _WZ)(m)
+
+
+def _factors(act, pl: Plane, K: np.ndarray) -> np.ndarray:
+    """E[p_r(x) | plane coordinates] for every pair r, on the grid; K (P, P) -> (N, *grid)."""
+    P = K.shape[-1]
+    a, b = _pair_list(P)
+    ax = list(pl.axes)
+    phi = act(pl.x)
+    pos = {c: j for j, c in enumerate(ax)}
+    cond = {}
+    for o in sorted(set(range(P)) - set(ax)):                     # the out-of-plane coordinate (P = 3)
+        beta = np.linalg.solve(K[np.ix_(ax, ax)], K[ax, o])
+        var = max(K[o, o] - beta @ K[ax, o], 0.0)
+        cond[o] = _smoothed(act, np.tensordot(beta, pl.x, axes=1), np.sqrt(var))
+    f = []
+    for r in range(a.size):
+        i, j = a[r], b[r]
+        if i in pos and j in pos:
+            f.append(phi[pos[i]] * phi[pos[j]])
+        elif i == j:
+            f.append(cond[i][1])
+        else:
+            inside, out = (i, j) if i in pos else (j, i)
+            f.append(phi[pos[inside]] * cond[out][0])
+    return np.stack(f)
+
+
+def _gauss(pl: Plane, K: np.ndarray) -> np.ndarray:
+    """Density of N(0, K restricted to the plane) on the grid."""
+    Kp = K[np.ix_(pl.axes, pl.axes)]
+    q = np.einsum("i...,ij,j...->...", pl.x, np.linalg.inv(Kp), pl.x)
+    return np.exp(-0.5 * q) / np.sqrt(np.linalg.det(2 * np.pi * Kp))
+
+
+def _source(act, pl: Plane, K: np.ndarray) -> np.ndarray:
+    """(E[p_r | x] − F_r) μ(x) on the grid, F_r its grid mean so that every source has zero mass; (N, *grid)."""
+    mu = _gauss(pl, K)
+    f = _factors(act, pl, K)
+    axes = tuple(range(1, f.ndim))
+    F = (f * mu).sum(axis=axes, keepdims=True) / mu.sum()
+    return (f - F) * mu
+
+
+def _quad(pl: Plane, dK: np.ndarray) -> np.ndarray:
+    """½ Σ_ij k_i k_j dK_ij on the spectrum of the plane."""
+    Q = len(pl.axes)
+    d = pl.axes
+    return 0.5 * sum(pl.k[i] * pl.k[j] * dK[d[i], d[j]] for i in range(Q) for j in range(Q))
+
+
+def plane_pairings(act, C_W: float, tg, pl: Plane):
+    """March this plane's densities over the time grid ``tg`` (a :class:`.sigma.TimeGrid`).
+
+    Returns, for the plane's targets r: Npp_st (M, S, N, n_r) = R^{num,p}(p_r) and N2_st (M, S, n_r) =
+    Σ_ab R^{num,ab}(∂_ab p_r) at the S stages of every step, and Npp (L+1, N, n_r), Cpp (L+1, N, n_r) =
+    Cov_μ(p_p, p_r) at the layers.
+    """
+    P = tg.K.shape[-1]
+    a, b = _pair_list(P)
+    Q = len(pl.axes)
+    axes = tuple(range(-Q, 0))
+    idx = "xy"[:Q]
+    shape = pl.x.shape[1:]
+    pos = {c: j for j, c in enumerate(pl.axes)}
+    lap = [(r, 2.0 * pl.kd[pos[a[r]]] * pl.kd[pos[b[r]]] if a[r] != b[r] else pl.k[pos[a[r]]] ** 2)
+           for r in range(a.size) if a[r] in pos and b[r] in pos]
+
+    def fft(x):
+        return np.fft.rfftn(x, axes=axes)
+
+    def ifft(u):
+        return np.fft.irfftn(u, s=shape, axes=axes)
+
+    def pair(r_grid):
+        return np.einsum(f"...{idx},t{idx}->...t", r_grid, pl.g) * pl.dV
+
+    @lru_cache(maxsize=4)
+    def src(i):
+        s = _source(act, pl, tg.K[i])
+        return s, fft(s)
+
+    def f(_n, _s, i, u):
+        du = np.einsum("pq,q...->p...", C_W * tg.Jp[i], u) + 0.5 * C_W * src(i)[1]
+        m_hat = -sum(w * u[r] for r, w in lap)
+        return du, (pair(ifft(u)), pair(ifft(m_hat)))
+
+    def decay(i, j):
+        return np.exp(-_quad(pl, tg.K[j] - tg.K[i]))
+
+    def at_layer(l, u):
+        i = layer_node(tg.scheme, tg.stride, l)
+        return pair(ifft(u)), pair(src(i)[0])
+
+    steps = (tg.K.shape[0] - 1) // (1 if tg.scheme == "euler" else 2)
+    (Npp_st, N2_st), (Npp, Cpp) = march(f, decay, np.zeros_like(src(0)[1]), steps, tg.h, tg.stride, tg.scheme,
+                                        at_layer)
+    return Npp_st, N2_st, Npp, Cpp

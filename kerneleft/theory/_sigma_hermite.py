@@ -1,0 +1,107 @@
+"""Hermite/Galerkin representation of the §6 response functionals R^{ab} (see :mod:`.sigma`), THEORY §6.
+
+``R^{num,ab}_t(g) = Σ_β ω[ab, β] E_{μ_t}[∂^β g]`` over a set A of multi-indices β ∈ ℕ^P (total degree 1..D,
+or only degree 2 for the G-only "quadratic" sector). The heat flow transports E_{μ_t}[∂^β g] into itself, so only
+the source moves ω:  dω/dt = 𝒯 ω + ½ C_W Π C,  with Π[r, α] = E_μ[∂^α p_r] and the Gaussian covariance in
+multi-index form  Cov_μ(u, g) = Σ_{|α|=|β|≥1} E[∂^α u] C_αβ E[∂^β g],  C_αβ = [x^α] (Kx)^β / β!.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from ..gaussian import diag_moments, pair_moments
+from ._sigma_march import layer_node, march
+
+__all__ = ["multi_indices", "covariance_blocks", "derivative_table", "hermite_pairings"]
+
+
+def multi_indices(P: int, degree: int) -> np.ndarray:
+    """All α ∈ ℕ^P with |α| = degree, shape (n_k, P), in a fixed order."""
+    combos = itertools.combinations_with_replacement(range(P), degree)
+    return np.array([np.bincount(c, minlength=P) for c in combos], dtype=int).reshape(-1, P)
+
+
+def covariance_blocks(K: np.ndarray, D: int) -> list[np.ndarray]:
+    """C_k[..., α, β] = [x^α] Π_j (Σ_i K_ji x_i)^{β_j} / β! for |α| = |β| = k, k = 0..D; K (..., P, P).
+
+    Built degree by degree: (Kx)^β = (K_j·x)(Kx)^{β−e_j} with j the first index where β_j > 0.
+    """
+    P = K.shape[-1]
+    idx = [multi_indices(P, k) for k in range(D + 1)]
+    lookup = [{tuple(al): i for i, al in enumerate(ix)} for ix in idx]
+    M = [np.ones(K.shape[:-2] + (1, 1))]
+    for k in range(1, D + 1):
+        beta = idx[k]
+        j = np.argmax(beta > 0, axis=1)
+        bprev = np.array([lookup[k - 1][tuple(be - np.eye(P, dtype=int)[jj])] for be, jj in zip(beta, j)])
+        Mk = np.zeros(K.shape[:-2] + (beta.shape[0],) * 2)
+        for i in range(P):
+            rows = np.array([lookup[k - 1].get(tuple(al - np.eye(P, dtype=int)[i]), -1) for al in beta])
+            ok = rows >= 0
+            Mk[..., ok, :] += K[..., j, i][..., None, :] * M[-1][..., rows[ok][:, None], bprev[None, :]]
+        M.append(Mk)
+    fact = [np.array([math.prod(math.factorial(x) for x in be) for be in ix], dtype=float) for ix in idx]
+    return [Mk / f for Mk, f in zip(M, fact)]
+
+
+def derivative_table(act, K: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """Π[..., r, i] = E_{z~N(0,K)}[∂^{α_i}(φ(z_a) φ(z_b))] for pairs r = (a <= b); K (..., P, P), alphas (n, P)."""
+    P = K.shape[-1]
+    a, b = np.triu_indices(P)
+    order = int(alphas.sum(axis=1).max())
+    kd = np.diagonal(K, axis1=-2, axis2=-1)
+    Dm = diag_moments(act, kd, order)                                            # (..., P, o+1)
+    off = a != b
+    Mm = pair_moments(act, kd[..., a[off]], kd[..., b[off]], K[..., a[off], b[off]], order)  # (..., n_off, o+1, o+1)
+    out = np.zeros(K.shape[:-2] + (a.size, alphas.shape[0]))
+    mask = np.ones(P, dtype=bool)
+    off_pos = np.cumsum(off) - 1
+    for r in range(a.size):
+        mask[:] = True
+        mask[[a[r], b[r]]] = False
+        ok = ~np.any(alphas[:, mask] > 0, axis=1)
+        if a[r] == b[r]:
+            out[..., r, ok] = Dm[..., a[r], alphas[ok, a[r]]]
+        else:
+            out[..., r, ok] = Mm[..., off_pos[r], alphas[ok, a[r]], alphas[ok, b[r]]]
+    return out
+
+
+def hermite_pairings(act, C_W: float, tg, degrees: list[int]):
+    """March ω over the time grid ``tg`` (a :class:`.sigma.TimeGrid`) with the truncation set = ``degrees``.
+
+    Returns the same tuple as :func:`._sigma_grid.plane_pairings` for all targets: Npp_st (M, S, N, N),
+    N2_st (M, S, N), Npp (L+1, N, N), Cpp (L+1, N, N) (Cov_μ truncated to the same degrees).
+    """
+    K = tg.K
+    P = K.shape[-1]
+    a, b = np.triu_indices(P)
+    mult = np.where(a == b, 1.0, 2.0)
+    blocks = covariance_blocks(K, max(degrees))
+    A = np.concatenate([multi_indices(P, k) for k in degrees])
+    C = np.zeros(K.shape[:-2] + (A.shape[0],) * 2)
+    start = 0
+    for k in degrees:
+        nk = blocks[k].shape[-1]
+        C[..., start:start + nk, start:start + nk] = blocks[k]
+        start += nk
+    shifted = np.stack([A + np.bincount([a[p], b[p]], minlength=P) for p in range(a.size)])      # (N, nA, P)
+    table = derivative_table(act, K, np.concatenate([A, shifted.reshape(-1, P)]))
+    Pi = table[..., :A.shape[0]]                                                     # (T, N, nA)
+    Pi2 = table[..., A.shape[0]:].reshape(K.shape[:-2] + (a.size, a.size, A.shape[0]))   # (T, r, p, nA)
+    S = 0.5 * C_W * Pi @ C                                                           # (T, N, nA)
+
+    def f(_n, _s, i, w):
+        return C_W * tg.Jp[i] @ w + S[i], (w @ Pi[i].T, np.einsum("p,pb,rpb->r", mult, w, Pi2[i]))
+
+    def at_layer(l, w):
+        i = layer_node(tg.scheme, tg.stride, l)
+        return w @ Pi[i].T, Pi[i] @ C[i] @ Pi[i].T
+
+    steps = (K.shape[0] - 1) // (1 if tg.scheme == "euler" else 2)
+    (Npp_st, N2_st), (Npp, Cpp) = march(f, None, np.zeros((a.size, A.shape[0])), steps, tg.h, tg.stride,
+                                        tg.scheme, at_layer)
+    return Npp_st, N2_st, Npp, Cpp

@@ -1,0 +1,49 @@
+"""Time marching shared by the §6 solvers (see :mod:`.sigma`).
+
+``u' = ℒ(t) u + f(t, u)`` with the exact flow of ℒ given by ``decay(i, j)`` (a multiplier, or None for ℒ = 0):
+- ``"rk4"`` (continuous depth): integrating-factor RK4, step h, nodes t_i = i h/2, stages at nodes 2n, 2n+1, 2n+1, 2n+2;
+- ``"euler"`` (discrete depth, the exact layer recursion): u_{l+1} = decay(l, l+1)(u_l + ε f(l, u_l)), nodes t_l.
+``f(n, s, i, u) -> (du, out)``: step n, stage s, node i; ``out`` (a tuple of arrays) is recorded per stage.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["march", "layer_node"]
+
+
+def layer_node(scheme: str, stride: int, l: int) -> int:
+    """Node index of layer l."""
+    return l if scheme == "euler" else 2 * stride * l
+
+
+def _stack(rows: list[tuple]) -> tuple[np.ndarray, ...]:
+    """[(a_0, b_0, ...), (a_1, b_1, ...), ...] -> (stack(a), stack(b), ...)."""
+    return tuple(np.stack(col) for col in zip(*rows))
+
+
+def march(f, decay, u, steps: int, h: float, stride: int, scheme: str, at_layer):
+    """Integrate ``steps`` steps; returns (stage outputs, each (steps, n_stages, ...); layer outputs, each (L+1, ...)).
+
+    ``at_layer(l, u) -> tuple`` is called at every layer l = 0..steps/stride.
+    """
+    one = lambda i, j: 1.0  # noqa: E731
+    E = decay or one
+    stages, layers = [], [at_layer(0, u)]
+    for n in range(steps):
+        if scheme == "euler":
+            k, out = f(n, 0, n, u)
+            u = E(n, n + 1) * (u + h * k)
+            stages.append([out])
+        else:
+            i0, i1, i2 = 2 * n, 2 * n + 1, 2 * n + 2
+            E01, E02, E12 = E(i0, i1), E(i0, i2), E(i1, i2)
+            ka, oa = f(n, 0, i0, u)
+            kb, ob = f(n, 1, i1, E01 * (u + 0.5 * h * ka))
+            kc, oc = f(n, 2, i1, E01 * u + 0.5 * h * kb)
+            kd, od = f(n, 3, i2, E02 * u + h * E12 * kc)
+            u = E02 * (u + h / 6 * ka) + h / 6 * (2 * E12 * (kb + kc) + kd)
+            stages.append([oa, ob, oc, od])
+        if (n + 1) % stride == 0:
+            layers.append(at_layer((n + 1) // stride, u))
+    return _stack([_stack(st) for st in stages]), _stack(layers)

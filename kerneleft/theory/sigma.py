@@ -1,0 +1,223 @@
+"""Sigma-kernel theory (THEORY §6): the exact leading order in 1/n of E[G], n Cov[G], n Cov[Σ], n Cov[G, Σ].
+
+Derivation (ordered-pair sums §4; μ_t = N(0, K0(t)); ℒf = ½S̄:∂²f; p_ab = φ_aφ_b; q_ab = z_a z_b; 𝒯 = C_W J §5)
+1. Arrow structure. In the §6 W-equation only f's factor E_μ[∂_ab f] carries a source, so from W(0) = 0
+       W(f, g) = Σ_ab ( E_μ[∂_ab f] R^{ab}(g) + R^{ab}(f) E_μ[∂_ab g] ),   R(0) = 0,
+       dR^{ab}(g)/dt = R^{ab}(ℒg) + ½C_W [Cov_μ(p_ab, g) + W(p_ab, g)],
+       W(p_ab, g) = Σ_gh ( 2J[ab,gh] R^{gh}(g) + Y[gh,ab] E_μ[∂_gh g] ),   Y[gh,ab] := R^{gh}(p_ab).
+   (In the Hermite form of §6, Ω_αβ = 0 unless |α| = 2 or |β| = 2: P(P+1)/2 functionals, no matrix.)
+2. m is slaved to R: m(f) = Σ_ab R^{ab}(∂_ab f) + ½ Σ_ab K1_ab E_μ[∂_ab f] (both sides solve the m-equation, as ℒ
+   commutes with ∂_ab). With f = p and I5:  dK1/dt = 𝒯K1 + C_W Tad,  Tad_cd = Σ_ab R^{ab}(∂_ab p_cd);
+   R(0) = 0 gives K1(0) = 0 and K1'(0) = 0.
+3. R = R^num + Gaussian part, R^{ab}(g) = R^{num,ab}(g) + Σ_gh Ybar[ab,gh] E_μ[∂_gh g], where only the explicit
+   source drives R^num: dR^num(g)/dt = R^num(ℒg) + 𝒯R^num(g) + ½C_W Cov_μ(p, g). The rest is finite-dimensional,
+   driven by Npp = R^num(p) and N2 = Σ_ab R^num,ab(∂_ab p):
+       dYbar/dt = 𝒯Ybar + ½C_W Yᵀ,   Y = Npp + 2 Ybar Jᵀ,   Tad = N2 + 4H:Ybar,
+       Nq := R^num(q): dNq/dt = 𝒯Nq + ½𝒯(K0∘K0) (Stein: Cov_μ(p, q) = J(K0∘K0)),   Z := R(q) = Nq + 2 Ybar,
+       V4 = K0∘K0 + W(q,q) = K0∘K0 + 2(Z + Zᵀ),      K1 = m(q),
+       n Cov[Σ] = Cov_μ(p,p) + 2JY + 2(JY)ᵀ,      n Cov[G, Σ] = (J(K0∘K0))ᵀ + 2Y + 2(JZ)ᵀ.
+   Four-index objects are N x N matrices over pairs r = (a <= b) (as in :mod:`.gonly`); an ordered sum over the
+   second slot gives the multiplicity m_s ∈ {1, 2}: Jp[r, s] = m_s J[r, s], Hp[r, p, s] = 4 m_p m_s H[r, p, s].
+4. Discrete depth (exact at O(1/n) for the depth-L net): the same with u_l → e^{εℒ}(u_l + ε u̇_l) (ℒ exact per
+   layer, K0 discrete) plus, from the second order of e^{εL_S} in δS = S − S̄, Ybar += ε²C_W²/8 · n Cov[Σ].
+5. Checks. R^num truncated to Hermite degree 2 ("quadratic": the G-only observables) has Npp = Nq Jᵀ and gives
+   exactly the §5 V4 equation (both depth models), with dK1/dt = 𝒯K1 + ½ℋ:(V4 − K0∘K0): G-only minus the
+   intra-neuron Wishart tadpole. Linear φ: p = q, Tad = 0: K1 = 0, V4 = the exact linear V4 (I4).
+
+Representations of R^num, the only infinite-dimensional part:
+- ``degree="auto"``: marginal densities on coordinate planes, exact heat flow by FFT (:mod:`._sigma_grid`);
+  spectral in the grid for smooth φ; P <= 3. Refined until V4 and K1 change by < tol.
+- ``degree=D``: Hermite/Galerkin, total degree 1..D (:mod:`._sigma_hermite`); ``"quadratic"``: degree 2 only.
+  Slow for K1: Tad pairs the degree-k components of the source with ∂²p at degree k+2, a tail ~ Σ_k c_k/k.
+Time (:mod:`._sigma_march`): integrating-factor RK4 with ``substeps`` steps per layer, or the layer recursion.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from ..config import Network
+from ..kernel import K0_continuous, K0_discrete
+from ..result import KernelResult
+from ..tensors import circ
+from . import _sigma_grid, _sigma_hermite
+from ._sigma_march import layer_node, march
+from .gonly import from_pairs, from_pairs4, to_pairs4
+
+__all__ = ["solve_sigma", "TimeGrid", "time_grid", "Pairings", "grid_pairings", "hermite_pairings", "collective",
+           "assemble"]
+
+_MIN_STEPS = 32          # RK4 steps over [0, T] at the coarsest level
+_GRID0 = {1: 96, 2: 48, 3: 48}
+_BOX = 8.0               # plane half-width in standard deviations
+_MAX_LEVELS = 7
+
+
+class TimeGrid(NamedTuple):
+    """Coefficients at the nodes of the time marching (:mod:`._sigma_march`).
+
+    scheme "rk4" (continuous): nodes t_i = i h/2, i = 0..2M, M = L·stride steps of size h = ε/stride.
+    scheme "euler" (discrete): nodes t_l = l ε, h = ε, stride = 1, K the discrete K0 (§4).
+    K (nodes, P, P);  Jp (nodes, N, N);  Hp (nodes, N, N, N);  C4 (nodes, N, N) = K0∘K0 (pair basis).
+    """
+
+    scheme: str
+    h: float
+    stride: int
+    K: np.ndarray
+    Jp: np.ndarray
+    Hp: np.ndarray
+    C4: np.ndarray
+
+
+class Pairings(NamedTuple):
+    """R^num at the stages of every step (Npp_st (M,S,N,N), N2_st (M,S,N)) and at the layers (Npp, Cpp (L+1,N,N))."""
+
+    Npp_st: np.ndarray
+    N2_st: np.ndarray
+    Npp: np.ndarray
+    Cpp: np.ndarray
+
+
+def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
+    """K0, Jp, Hp and K0∘K0 at the nodes: continuous (RK4, ``stride`` steps per layer) or discrete (per layer).
+
+    J[r, s] = ½E[∂_s p_r], H[r, p, s] = ¼E[∂_p∂_s p_r] (the §4 jacobian/hessian on pairs) from one engine call.
+    """
+    if depth_model == "discrete":
+        K, scheme, h, stride = K0_discrete(net), "euler", net.eps, 1
+    else:
+        M = net.depth * stride
+        K, scheme, h = K0_continuous(net.replace(depth=2 * M)), "rk4", net.T / M
+    a, b = np.triu_indices(net.P)
+    m = np.where(a == b, 1.0, 2.0)
+    alpha = np.eye(net.P, dtype=int)[a] + np.eye(net.P, dtype=int)[b]                    # ∂_ab as multi-indices
+    quartic = (alpha[:, None] + alpha[None, :]).reshape(-1, net.P)
+    d = _sigma_hermite.derivative_table(net.phi, K, np.concatenate([alpha, quartic]))   # E[∂^α p_r] (§4 engine)
+    J = 0.5 * d[..., :a.size]
+    H = 0.25 * d[..., a.size:].reshape(K.shape[:-2] + (a.size,) * 3)
+    return TimeGrid(scheme, h, stride, K, J * m, 4 * H * m[:, None] * m[None, :], to_pairs4(circ(K)))
+
+
+def grid_pairings(net: Network, tg: TimeGrid, n: int, box: float = _BOX) -> Pairings:
+    """Pairings of R^num from the plane-grid representation with n nodes per axis (P <= 3)."""
+    N = tg.Jp.shape[-1]
+    parts = [(pl.targets, _sigma_grid.plane_pairings(net.phi, net.C_W, tg, pl))
+             for pl in _sigma_grid.planes(net.phi, tg.K, n, box)]
+    out = [np.empty(x.shape[:-1] + (N,)) for x in parts[0][1]]
+    for r, arrays in parts:
+        for o, x in zip(out, arrays):
+            o[..., r] = x
+    return Pairings(*out)
+
+
+def hermite_pairings(net: Network, tg: TimeGrid, degrees: list[int]) -> Pairings:
+    """Pairings of R^num from the Hermite/Galerkin representation on the given degrees."""
+    return Pairings(*_sigma_hermite.hermite_pairings(net.phi, net.C_W, tg, degrees))
+
+
+def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """March (Ybar, Nq, k1) driven by the stage pairings; returns each at the layers: (L+1,N,N)², (L+1,N).
+
+    Discrete depth adds the exact O(ε²) term Ybar += ε² C_W²/8 · n Cov[Σ] per layer (module doc).
+    """
+    C_W, N = net.C_W, tg.Jp.shape[-1]
+    cut = [N * N, 2 * N * N]
+
+    def f(n, s, i, y):
+        Yb, Nq, k1 = y[:cut[0]].reshape(N, N), y[cut[0]:cut[1]].reshape(N, N), y[cut[1]:]
+        Tr = C_W * tg.Jp[i]
+        Y = pr.Npp_st[n, s] + 2 * Yb @ tg.Jp[i].T
+        dYb = Tr @ Yb + 0.5 * C_W * Y.T
+        if tg.scheme == "euler":
+            JY = tg.Jp[i] @ Y
+            dYb = dYb + tg.h * C_W ** 2 / 8 * (pr.Cpp[n] + 2 * (JY + JY.T))
+        dk1 = Tr @ k1 + C_W * (pr.N2_st[n, s] + np.einsum("rps,ps->r", tg.Hp[i], Yb))
+        return np.concatenate([dYb.ravel(), (Tr @ Nq + 0.5 * Tr @ tg.C4[i]).ravel(), dk1]), ()
+
+    steps = pr.N2_st.shape[0]
+    _, (y,) = march(f, None, np.zeros(cut[1] + N), steps, tg.h, tg.stride, tg.scheme, lambda l, u: (u,))
+    return y[:, :cut[0]].reshape(-1, N, N), y[:, cut[0]:cut[1]].reshape(-1, N, N), y[:, cut[1]:]
+
+
+def assemble(net: Network, tg: TimeGrid, pr: Pairings) -> dict[str, np.ndarray]:
+    """K0, V4, K1, covSigma, covGSigma at the layers (shapes (L+1,P,P) and (L+1,P,P,P,P)); module doc step 3."""
+    Yb, Nq, k1 = collective(net, tg, pr)
+    lay = [layer_node(tg.scheme, tg.stride, l) for l in range(net.depth + 1)]
+    Jp, C4, P = tg.Jp[lay], tg.C4[lay], net.P
+    Y = pr.Npp + 2 * Yb @ Jp.swapaxes(-1, -2)
+    Z = Nq + 2 * Yb
+    JY, JZ = Jp @ Y, Jp @ Z
+    return {"K0": tg.K[lay], "V4": from_pairs4(C4 + 2 * (Z + Z.swapaxes(-1, -2)), P), "K1": from_pairs(k1, P),
+            "covSigma": from_pairs4(pr.Cpp + 2 * (JY + JY.swapaxes(-1, -2)), P),
+            "covGSigma": from_pairs4((Jp @ C4).swapaxes(-1, -2) + 2 * Y + 2 * JZ.swapaxes(-1, -2), P)}
+
+
+def _rel_change(new: dict, old: dict) -> float:
+    """max over V4 and K1 of max|new − old| / max|new|."""
+    return max(float(np.max(np.abs(new[k] - old[k])) / max(np.max(np.abs(new[k])), 1e-300)) for k in ("V4", "K1"))
+
+
+def _degrees(degree) -> list[int]:
+    if degree == "quadratic":
+        return [2]
+    if isinstance(degree, (int, np.integer)) and not isinstance(degree, bool) and degree >= 1:
+        return list(range(1, int(degree) + 1))
+    raise ValueError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {degree!r}")
+
+
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+    return int(v)
+
+
+def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", tol: float = 1e-3, *,
+                grid: int | None = None, substeps: int | None = None, max_levels: int = _MAX_LEVELS) -> KernelResult:
+    """Sigma-kernel theory (§6) on t = net.t: arrays K0, K1 (L+1,P,P), V4, covSigma, covGSigma (L+1,P,P,P,P).
+
+    depth_model : "continuous" (the §6 ODEs) or "discrete" (the exact O(1/n) layer recursion of the depth-L net).
+    degree : "auto" — plane-grid resummation (P <= 3), refined (grid ×1.5 and, if continuous, RK4 steps ×1.5)
+        until V4 and K1 change by < ``tol`` relative, or one run at ``grid`` nodes per axis when given;
+        int D — Hermite/Galerkin truncation at total degree D; "quadratic" — degree 2 only (G-only V4 exactly).
+    substeps : RK4 steps per layer at the first level (continuous; default: 32 steps over [0, T] at least).
+    meta: representation, truncation (grid, substeps or degrees), error_estimate (relative change of V4, K1 at the
+    last refinement; None for a fixed truncation), converged, levels (auto history), seconds.
+    """
+    if depth_model not in ("continuous", "discrete"):
+        raise ValueError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol: must be a finite number > 0, got {tol!r}")
+    s0 = _positive_int("substeps", substeps) if substeps is not None else -(-_MIN_STEPS // net.depth)
+    max_levels = _positive_int("max_levels", max_levels)
+    t0 = time.perf_counter()
+    meta = {"kind": "theory", "closure": "sigma", "depth_model": depth_model, "config": net.to_dict()}
+    if degree != "auto":
+        degrees = _degrees(degree)
+        tg = time_grid(net, depth_model, s0)
+        arrays = assemble(net, tg, hermite_pairings(net, tg, degrees))
+        meta.update(representation="hermite", truncation={"degrees": degrees, "substeps": tg.stride},
+                    error_estimate=None)
+    else:
+        if net.P > _sigma_grid.MAX_P:
+            raise ValueError(f"K_in: degree='auto' supports P <= {_sigma_grid.MAX_P} inputs, got P = {net.P} "
+                             "(use an integer degree)")
+        n = _positive_int("grid", grid) if grid is not None else _GRID0[net.P]
+        levels, arrays, err, tg = [], None, None, None
+        for lev in range(1 if grid is not None else max_levels):
+            s = int(math.ceil(s0 * 1.5 ** lev))
+            nl = 2 * int(round(n * 1.5 ** lev / 2))
+            tg = time_grid(net, depth_model, s) if tg is None or tg.scheme == "rk4" else tg
+            new = assemble(net, tg, grid_pairings(net, tg, nl))
+            err = None if arrays is None else _rel_change(new, arrays)
+            levels.append({"grid": nl, "substeps": tg.stride, "change": err, "seconds": time.perf_counter() - t0})
+            arrays = new
+            if err is not None and err < tol:
+                break
+        meta.update(representation="grid", truncation={"grid": nl, "substeps": tg.stride, "box": _BOX},
+                    error_estimate=err, converged=err is not None and err < tol, levels=levels)
+    meta["seconds"] = time.perf_counter() - t0
+    return KernelResult(net.t, arrays, meta=meta)
