@@ -138,6 +138,26 @@ def sweep(sweep_file, out, scheduler, workers):
                f"{len(summary.cached)} cached; {summary.rows} rows in {summary.table}")
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="Small ensembles (< 2 min on 2 cores) instead of the full run.")
+@click.option("--config", type=str, default=None,
+              help="TOML config (default: the embedded tanh network with two inputs).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Output directory: report.md, results.json, figures/, cache/.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes per ensemble.")
+@click.option("--seed", type=int, default=None, help="Root seed of all ensembles (default: fixed).")
+def reproduce(quick, config, out, workers, seed):
+    """The main job: G-only and sigma theories against exact ensembles; writes report.md, results.json, figures."""
+    _positive_int("workers", workers, 1)
+    if seed is not None:
+        _positive_int("seed", seed, 0)
+    from .report import findings_text, reproduce as reproduce_api
+
+    res = reproduce_api(out, quick=quick, config=config, workers=workers, seed=seed)
+    click.echo("\n\n".join(findings_text(dict(res, config_P=len(res["config"]["K_in"])))))
+    click.echo(f"\nreport: {out}/report.md  results: {out}/results.json  figures: {out}/figures/")
+
+
 def main(argv=None) -> int:
     """Entry point: run the click group, turning bad input into one ``error:`` line and exit code 2."""
     try:

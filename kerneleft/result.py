@@ -68,6 +68,8 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "iub" or (obj.dtype.kind == "f" and np.isfinite(obj).all()):
+            return obj.tolist()                 # fast path: already plain ints/floats/bools, nothing to replace
         return to_jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         f = float(obj)

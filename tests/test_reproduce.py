@@ -1,0 +1,239 @@
+"""`kerneleft reproduce` end to end (one quick run, module-scoped) and the report's statistics helpers."""
+import json
+import re
+import struct
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kerneleft.ensemble as ensemble
+from kerneleft.cli import main
+from kerneleft.config import load_config, network_from_dict
+from kerneleft.gaussian import hessian
+from kerneleft.kernel import K0_continuous, K0_discrete
+from kerneleft.report import (FIGURES, PLANS, ResultCache, combine_batches, default_network, extrapolate_width,
+                              relative_error, reproduce, zscore, _f, _z)
+from kerneleft.result import KernelResult
+from kerneleft.tensors import circ
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "tanh_two_inputs.toml"
+Z_OK = 5.0          # max |z| tolerated where theory and simulation must agree (many correlated comparisons)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One `kerneleft reproduce --quick` through the CLI; returns (out dir, results.json, report.md)."""
+    out = tmp_path_factory.mktemp("reproduce")
+    assert main(["reproduce", "--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
+
+
+def _a(x):
+    return np.asarray(x, dtype=float)
+
+
+def test_default_config_is_the_example():
+    assert default_network().to_dict() == load_config(EXAMPLE).to_dict()
+    packaged = (ROOT / "kerneleft" / "data" / "default.toml").read_text()
+    assert tomllib.loads(packaged) == tomllib.loads(EXAMPLE.read_text())
+
+
+@pytest.mark.parametrize("name", ["relu_three_inputs.toml", "erf_inputs.toml"])
+def test_other_examples_load(name):
+    net = load_config(ROOT / "examples" / name)
+    assert net.P in (2, 3) and np.all(np.linalg.eigvalsh(net.K_in) > 0)
+
+
+def test_files_and_metadata(run):
+    out, res, _ = run
+    for name in FIGURES:
+        data = (out / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        w, h = struct.unpack(">II", data[16:24])
+        assert w >= 600 and h >= 300 and len(data) > 20_000, (name, w, h, len(data))
+    assert sorted(res["figures"]) == sorted(FIGURES)
+    assert res["mode"] == "quick" and res["config"] == load_config(EXAMPLE).to_dict()
+    assert set(res["versions"]) >= {"kerneleft", "numpy", "scipy", "python"}
+    assert set(res["timings"]) >= {"K0 (discrete, continuous)", "theory sigma", "ensembles (exact conditional sampler)",
+                                   "diagnostics", "figures", "total"}
+    plan = PLANS["quick"]
+    assert res["simulation"]["widths"] == list(plan["widths"])
+    assert res["cache"]["simulations_run"] == len(plan["widths"]) * plan["batches"]
+    assert all(len(set(s)) == plan["batches"] for s in res["seeds"].values())
+    for n in plan["widths"]:
+        assert res["simulation"]["ensembles"][str(n)]["samples"] == plan["samples"]
+    assert res["sigma_error"] is None and res["theory"]["sigma_discrete"] is not None
+
+
+def test_K0_equals_kernel_api_and_simulation(run):
+    _, res, _ = run
+    net = network_from_dict(res["config"])
+    np.testing.assert_allclose(_a(res["theory"]["K0_discrete"]), K0_discrete(net), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(_a(res["theory"]["K0_continuous"]), K0_continuous(net), rtol=1e-9, atol=0)
+    ext = res["simulation"]["extrapolated"]
+    G, se = _a(ext["G_mean"]), _a(ext["G_mean_se"])
+    z = _a(res["comparisons"]["K0"]["discrete"]["z"])
+    np.testing.assert_allclose(z[1:], (G[1:] - K0_discrete(net)[1:]) / se[1:], rtol=1e-9)
+    assert np.max(np.abs(z)) < Z_OK
+    # negative control: a 1 % wrong K0 is rejected by the same statistics
+    assert np.max(np.abs((G[1:] - 1.01 * K0_discrete(net)[1:]) / se[1:])) > 2 * Z_OK
+    for n, e in res["simulation"]["ensembles"].items():
+        n = int(n)
+        # the naive mean and the drift estimator K0 + K1/n estimate the same E[G]
+        zg = (_a(e["G_mean"]) - K0_discrete(net) - _a(e["K1"]) / n)[1:] / _a(e["G_mean_se"])[1:]
+        assert np.max(np.abs(zg)) < Z_OK, n
+        # I3: n Cov[G^0] = K_in∘K_in exactly (Wishart)
+        zv = (_a(e["V4"])[0] - circ(net.K_in)) / _a(e["V4_se"])[0]
+        assert np.max(np.abs(zv)) < Z_OK, n
+
+
+def test_k1_source_at_t0(run):
+    _, res, report = run
+    net = network_from_dict(res["config"])
+    src = res["k1_source_t0"]
+    H = hessian(net.phi, net.K_in)
+    expected = 0.5 * net.C_W * np.einsum("abefgh,efgh->ab", H, circ(net.K_in))
+    np.testing.assert_allclose(_a(src["closure"]), expected, rtol=1e-8, atol=1e-12)
+    assert np.all(_a(src["exact"]) == 0)
+    assert np.max(np.abs(_a(src["z_exact"]))) < Z_OK                     # exact source 0 is consistent
+    f = res["findings"]["k1_source"]
+    assert f["rejected"] and abs(f["z_closure"]) > 4                      # the closure is rejected
+    assert f"rejects the closure at |z| = {_z(abs(f['z_closure']))}" in report
+
+
+def test_extrapolation_and_theory_comparisons(run):
+    _, res, _ = run
+    ens = res["simulation"]["ensembles"]
+    parts = [KernelResult(_a(res["t"]), {"K1": _a(e["K1"])}, {"K1": _a(e["K1_se"])}, {"width": int(n)})
+             for n, e in ens.items()]
+    k1x = ensemble.extrapolate_K1(parts)
+    ext = res["simulation"]["extrapolated"]
+    np.testing.assert_allclose(_a(ext["K1"]), k1x["K1"], rtol=1e-12)
+    g = res["findings"]["k1"]
+    assert g["rejected"] and g["max_abs_z"] > 4                           # the G-only K1 fails (finding 3)
+    assert abs(g["gonly"]) > abs(g["sim"])
+    s = res["findings"]["sigma"]
+    assert s["K1_max_abs_z"] < g["max_abs_z"]                             # the sigma theory does better
+    # V4: the control-variate estimate (G-only + accumulated residual) agrees with the direct n Cov[G] ...
+    cv, cv_se, d, d_se = (_a(ext[k]) for k in ("V4_cv", "V4_cv_se", "V4", "V4_se"))
+    assert np.max(np.abs(cv - d)[1:] / np.hypot(cv_se, d_se)[1:]) < Z_OK
+    # ... and is precise enough to reject the G-only V4 (finding 2), less so the sigma theory
+    v = res["findings"]["v4"]
+    assert v["rejected"] and v["max_abs_z"] > 4 and s["V4_max_abs_z"] < v["max_abs_z"]
+    assert np.all(cv_se[1:] < d_se[1:])
+
+
+def test_report_states_findings_with_numbers(run):
+    _, res, report = run
+    f = res["findings"]
+    num = r"−?\d+(\.\d+)?"
+    assert re.search(rf"\*\*1\. K0 is (accurate at all depths|NOT confirmed at all depths)\.\*\*.*max \|z\| = {num}",
+                     report)
+    assert f"max |z| = {_z(f['k0']['max_abs_z'])}" in report
+    assert re.search(rf"\*\*2\. V4: the G-only (residual accumulates|error at t = T is) .* driven by the "
+                     rf"(transport|source|eps2) term; G-only V4 (rejected|consistent) at max \|z\| = {num}\.\*\*", report)
+    assert f"relative error {'' if f['v4']['relative_error'] < 0 else '+'}" in report
+    assert re.search(rf"\*\*3\. K1: the G-only closure's source is wrong already at t = 0 \(\|z\| = {num}\), and "
+                     rf"the G-only K1 is rejected \(max \|z\| = {num}\)\.\*\*", report)
+    assert "½ℋ:(K_in∘K_in)" in report and f"{_f(f['k1_source']['closure'])}" in report
+    assert re.search(rf"\*\*4\. The sigma theory (repairs|does not fully repair) V4 \(max \|z\| = {num}\) and "
+                     rf"(repairs|does not fully repair) K1 \(max \|z\| = {num}\)\.\*\*", report)
+    assert f"max |z| = {_z(f['sigma']['V4_max_abs_z'])}" in report
+    for name in FIGURES:
+        assert f"(figures/{name})" in report
+
+
+def test_rerun_hits_the_cache(run, monkeypatch):
+    out, res, _ = run
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("re-run must not simulate")
+
+    monkeypatch.setattr(ensemble, "simulate", no_simulation)
+    again = reproduce(out, quick=True, progress=False)
+    assert again["cache"]["simulations_run"] == 0 and again["cache"]["misses"] == 0
+    np.testing.assert_array_equal(again["simulation"]["extrapolated"]["K1"],
+                                  _a(res["simulation"]["extrapolated"]["K1"]))
+
+
+def test_bad_input(tmp_path, capsys):
+    assert main(["reproduce", "--quick", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: config:")
+    assert main(["reproduce", "--quick", "--workers", "0", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: workers:")
+    with pytest.raises(ValueError, match=r"^sizes\.widths:"):
+        reproduce(tmp_path, sizes={"widths": (32,)})
+    with pytest.raises(ValueError, match=r"^sizes\.samples:"):
+        reproduce(tmp_path, sizes={"samples": 100, "batches": 16})
+    with pytest.raises(TypeError, match=r"^config:"):
+        reproduce(tmp_path, config=3.0)
+
+
+# ----------------------------------------------------------------------------------- statistics helpers
+def test_extrapolate_width_recovers_intercept_and_rejects_wrong_one():
+    rng = np.random.default_rng(0)
+    widths = [16, 32, 64, 128]
+    A, B = np.array([1.0, -2.0]), np.array([3.0, 5.0])
+    se = [np.full(2, 0.01) for _ in widths]
+    exact = [A + B / n for n in widths]
+    fit = extrapolate_width(widths, exact, se)
+    np.testing.assert_allclose(fit["value"], A, atol=1e-12)
+    assert fit["chi2"] < 1e-20 and fit["dof"] == 2 * 2
+    x = 1 / np.array(widths)
+    se_expected = 0.01 * np.sqrt(np.sum(x ** 2) / (len(x) * np.sum(x ** 2) - np.sum(x) ** 2))
+    np.testing.assert_allclose(fit["se"], se_expected, rtol=1e-10)
+    zs = []
+    for _ in range(200):
+        noisy = [v + 0.01 * rng.standard_normal(2) for v in exact]
+        f = extrapolate_width(widths, noisy, se)
+        zs.append((f["value"] - A) / f["se"])
+    assert 0.8 < np.std(zs) < 1.2                                          # honest error bars
+    assert np.max(np.abs(zscore(f["value"], f["se"], A + 10 * f["se"]))) > 5   # a wrong intercept is rejected
+    quad = extrapolate_width(widths, [A + B / n + 7 / n ** 2 for n in widths], se, degree=2)
+    np.testing.assert_allclose(quad["value"], A, atol=1e-10)
+    with pytest.raises(ValueError, match="^widths:"):
+        extrapolate_width([32, 64], exact[:2], se[:2], degree=2)
+
+
+def test_zscore_exact_entries():
+    z = zscore(np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.0, 0.0]), np.array([0.0, 2.0, 2.5]))
+    assert z[0] == 2.0 and z[1] == 0.0 and z[2] == np.inf
+
+
+def test_relative_error_window():
+    t = np.linspace(0, 1, 11)
+    sim = np.ones((11, 2))
+    se = np.full((11, 2), 0.01)
+    theory = sim.copy()
+    theory[6:, 1] += 0.2                                   # 20 % off from t = 0.6 on
+    rel, win = relative_error(t, theory, sim, se, threshold=0.05)
+    assert win == pytest.approx(0.6) and rel[6] == pytest.approx(0.2) and rel[5] == 0
+    assert relative_error(t, sim + 0.03, sim, se, threshold=0.05)[1] is None
+
+
+def test_combine_batches_is_the_pooled_mean():
+    t = np.arange(3.0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3))
+    batches = [KernelResult(t, {"G_mean": x[i]}, {"G_mean": np.full(3, 0.1)},
+                            {"samples": m, "seed": i, "kind": "simulation", "method": "conditional", "width": 8,
+                             "config": {}, "timings": {"wall_s": 1.0}}) for i, m in enumerate((100, 300))]
+    c = combine_batches(batches)
+    np.testing.assert_allclose(c["G_mean"], 0.25 * x[0] + 0.75 * x[1])
+    np.testing.assert_allclose(c.se["G_mean"], 0.1 * np.sqrt(0.25 ** 2 + 0.75 ** 2))
+    assert c.meta["samples"] == 400 and c.meta["seeds"] == [0, 1]
+
+
+def test_result_cache_round_trip(tmp_path):
+    cache = ResultCache(tmp_path)
+    res = KernelResult(np.arange(2.0), {"K1": np.ones((2, 2, 2))}, {"K1": np.zeros((2, 2, 2))}, {"seed": 3})
+    calls = []
+    fields = {"width": 8, "seed": 3}
+    a, hit_a = cache.get("simulate", fields, lambda: calls.append(1) or res)
+    b, hit_b = cache.get("simulate", fields, lambda: calls.append(1) or res)
+    assert (hit_a, hit_b, len(calls)) == (False, True, 1)
+    np.testing.assert_array_equal(a["K1"], b["K1"])
+    assert b.meta == {"seed": 3} and cache.path("simulate", fields) != cache.path("simulate", {**fields, "seed": 4})
