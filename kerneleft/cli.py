@@ -22,6 +22,21 @@ def _positive_int(name: str, value: int, minimum: int) -> int:
     return value
 
 
+def _positive_float(name: str, value: float) -> float:
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: must be a finite number > 0, got {value}")
+    return value
+
+
+def _degree(value: str):
+    if value in ("auto", "quadratic"):
+        return value
+    try:
+        return _positive_int("degree", int(value), 1)
+    except ValueError:
+        raise ValueError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {value!r}") from None
+
+
 def _summary(res, names=("K0",)) -> str:
     lines = [f"depth grid: {len(res.t)} points, t in [0, {res.t[-1]:g}]"]
     for n in names:
@@ -58,13 +73,24 @@ def kernel(config, depth_model, json_out):
               help="g-only: the paper's closure (§5); sigma: the sigma-kernel theory (§6).")
 @click.option("--depth-model", type=click.Choice(["continuous", "discrete"]), default="continuous",
               show_default=True)
+@click.option("--degree", type=str, default="auto", show_default=True,
+              help="sigma only: 'auto' (plane-grid resummation, refined to --tol), an integer D (Hermite/Galerkin "
+                   "truncation at total degree D) or 'quadratic'.")
+@click.option("--tol", type=float, default=1e-3, show_default=True,
+              help="sigma only: relative change of V4 and K1 at which 'auto' stops refining.")
+@click.option("--rtol", type=float, default=1e-8, show_default=True, help="g-only only: ODE relative tolerance.")
+@click.option("--atol", type=float, default=1e-10, show_default=True, help="g-only only: ODE absolute tolerance.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
-def theory(config, closure, depth_model, json_out):
+def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
     """Leading-order theory: K0, V4 = n Cov[G], K1 with E[G] ≈ K0 + K1/n."""
     net = load_config(config)
     from .theory import solve
 
-    res = solve(net, closure=closure, depth_model=depth_model)
+    if closure == "sigma":
+        opts = {"degree": _degree(degree), "tol": _positive_float("tol", tol)}
+    else:
+        opts = {"rtol": _positive_float("rtol", rtol), "atol": _positive_float("atol", atol)}
+    res = solve(net, closure=closure, depth_model=depth_model, **opts)
     write_json(res, json_out)
     click.echo(_summary(res, ("K0", "K1")))
 
@@ -80,8 +106,13 @@ def theory(config, closure, depth_model, json_out):
               help="Worker processes (with --scheduler: Dask workers to wait for).")
 @click.option("--scheduler", type=str, default=None, metavar="ADDRESS",
               help="Run the seed chunks on this Dask scheduler (tcp://host:8786 or a scheduler file).")
+@click.option("--chunk-size", type=int, default=None,
+              help="Networks per seeded chunk (default: a rule of method, width and P; changing it changes the draws).")
+@click.option("--stop-se", type=float, default=None,
+              help="Stop after the first whole chunk at which the largest standard error of K1 is <= this.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
-def simulate(config, width, samples, seed, method, workers, scheduler, json_out):
+def simulate(config, width, samples, seed, method, workers, scheduler, chunk_size, stop_se, progress, json_out):
     """Exact finite-width ensemble statistics with standard errors (THEORY §2, §7)."""
     net = load_config(config)
     _positive_int("width", width, 1)
@@ -90,7 +121,7 @@ def simulate(config, width, samples, seed, method, workers, scheduler, json_out)
     from .ensemble import simulate as simulate_api
 
     res = simulate_api(net, width=width, samples=samples, seed=seed, method=method, workers=workers,
-                       scheduler=scheduler)
+                       scheduler=scheduler, chunk_size=chunk_size, stop_se=stop_se, progress=progress)
     write_json(res, json_out)
     click.echo(_summary(res, ("G_mean", "K1")))
 
@@ -103,18 +134,23 @@ def simulate(config, width, samples, seed, method, workers, scheduler, json_out)
 @click.option("--threshold", type=float, default=0.05, show_default=True,
               help="Relative error that closes the validity window.")
 @click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--batches", type=int, default=16, show_default=True,
+              help="Independent seeded batches (their spread gives the standard errors).")
+@click.option("--method", type=click.Choice(["conditional", "weights", "g-only-chain"]), default="conditional",
+              show_default=True, help="Sampler of the exact ensemble.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
-def diagnose(config, width, samples, seed, threshold, workers, json_out):
+def diagnose(config, width, samples, seed, threshold, workers, batches, method, json_out):
     """THEORY §5 diagnostics: each G-only closed term against its exact counterpart."""
     net = load_config(config)
     _positive_int("width", width, 1)
     _positive_int("samples", samples, 2)
     _positive_int("workers", workers, 1)
-    if not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold: must be a finite number > 0, got {threshold}")
+    _positive_float("threshold", threshold)
+    _positive_int("batches", batches, 2)
     from .diagnostics import diagnose as diagnose_api
 
-    res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, workers=workers)
+    res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, workers=workers,
+                       batches=batches, method=method)
     write_json(res, json_out)
     click.echo(_summary(res, ()))
     for k, v in res.meta.get("validity_window", {}).items():

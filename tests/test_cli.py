@@ -76,3 +76,36 @@ def test_kernel_command_writes_contract(cfg, tmp_path):
     assert len(d["t"]) == 5 and len(d["K0"]) == 5 and len(d["K0"][0]) == 2
     assert d["t"][-1] == pytest.approx(2.0)
     assert d["K0"][0] == [[1.0, 0.6], [0.6, 1.5]]
+
+
+def test_theory_and_simulate_commands(cfg, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert main(["theory", str(cfg), "--closure", "sigma", "--depth-model", "discrete", "--json", str(out)]) == 0
+    sig = json.loads(out.read_text())
+    assert len(sig["V4"]) == 5 and len(sig["V4"][0][0][0][0]) == 2 and len(sig["K1"][0]) == 2
+    assert sig["closure"] == "sigma" and sig["K1"][0] == [[0.0, 0.0], [0.0, 0.0]]
+    assert main(["theory", str(cfg), "--closure", "g-only", "--rtol", "1e-9", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["closure"] == "g-only"
+    assert main(["theory", str(cfg), "--closure", "sigma", "--degree", "many", "--json", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: degree:")
+    sim = tmp_path / "s.json"
+    assert main(["simulate", str(cfg), "--width", "8", "--samples", "64", "--seed", "3", "--no-progress",
+                 "--chunk-size", "16", "--json", str(sim)]) == 0
+    d = json.loads(sim.read_text())
+    for key in ("t", "G_mean", "G_mean_se", "V4", "V4_se", "K1", "K1_se", "Sigma_mean", "Sigma_mean_se"):
+        assert key in d, key
+    assert (d["width"], d["samples"], d["seed"], d["method"]) == (8, 64, 3, "conditional")
+    import numpy as np
+    z = (np.array(d["G_mean"][0]) - [[1.0, 0.6], [0.6, 1.5]]) / np.array(d["G_mean_se"][0])
+    assert np.all(np.abs(z) < 4.5), z                     # E[G^0] = K_in (I3)
+
+
+def test_diagnose_command(cfg, tmp_path):
+    out = tmp_path / "d.json"
+    assert main(["diagnose", str(cfg), "--width", "8", "--samples", "64", "--seed", "1", "--batches", "4",
+                 "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    for key in ("transport_exact", "transport_closure", "source_exact", "source_closure", "k1_source_exact",
+                "k1_source_closure", "v4_residual", "v4_residual_by_term", "validity_window", "transport_exact_se"):
+        assert key in d, key
+    assert len(d["transport_exact"]) == 5 and set(d["validity_window"]) >= {"V4", "K1"}
