@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from kerneleft.cli import main
@@ -95,7 +96,6 @@ def test_theory_and_simulate_commands(cfg, tmp_path, capsys):
     for key in ("t", "G_mean", "G_mean_se", "V4", "V4_se", "K1", "K1_se", "Sigma_mean", "Sigma_mean_se"):
         assert key in d, key
     assert (d["width"], d["samples"], d["seed"], d["method"]) == (8, 64, 3, "conditional")
-    import numpy as np
     z = (np.array(d["G_mean"][0]) - [[1.0, 0.6], [0.6, 1.5]]) / np.array(d["G_mean_se"][0])
     assert np.all(np.abs(z) < 4.5), z                     # E[G^0] = K_in (I3)
 

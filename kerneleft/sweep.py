@@ -1,0 +1,563 @@
+"""Parameter sweeps: a grid of ensembles (THEORY §2, §7) and theory solves (§5, §6), cached, on any cluster.
+
+A sweep file (TOML) has a ``[base]`` config (INTERFACE.md fields, or ``base = "config.toml"``), ``[axes]``
+(lists to take the Cartesian product of: any config field and the ensemble settings ``width``, ``method``,
+``samples``, ``seed``, ``chunk_size``), an optional ``[ensemble]`` table (fixed ensemble settings) and an
+optional ``[theory]`` table (``closures``, ``depth_model``, per-closure options). Each grid point is an
+ensemble *cell*; each distinct config × closure × depth model is a theory *cell*. See README.md,
+"Sweeps and clusters".
+
+Every cell is identified by a hash of what determines its numbers (config, method, width, samples, seed, chunk
+size, or closure, depth model and options, plus the kerneleft version). A finished cell is written to
+``OUT/cells/<id>.json`` (the ``simulate``/``theory`` JSON contract plus a ``sweep`` provenance object) and is
+never recomputed. Ensembles run through :func:`kerneleft.ensemble.simulate` with a :class:`~.distributed.DaskMap`
+— the very same chunks and reduce as a local run, so the numbers are bit-identical — several cells at once
+(one client thread each); theory solves run as one task each. At the end all cells are gathered into one
+tidy Parquet table ``OUT/results.parquet`` (:data:`COLUMNS`).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+import tomllib
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from .config import Network, network_from_dict
+from .distributed import DaskMap, require
+from .ensemble import default_chunk_size, get_method, simulate
+from .result import KernelResult, write_json
+from .theory import CLOSURES, solve
+
+__all__ = ["Cell", "Sweep", "SweepSummary", "parse_sweep", "load_sweep", "run_sweep", "cell_columns", "COLUMNS"]
+
+ENSEMBLE_SETTINGS = ("method", "width", "samples", "seed", "chunk_size")
+_ENSEMBLE_DEFAULTS = {"method": "conditional", "chunk_size": None}
+# Chunks grouped into one task (never changes the numbers): a chunk holds ~2^16 sample·neuron·input floats per
+# layer (ensemble._CHUNK_RULES), so ceil(_TASK_LAYERS / depth) chunks make a task of roughly 0.1 s, well above
+# Dask's per-task overhead (a few ms of client and worker time).
+_TASK_LAYERS = 64
+_SOLVERS = {"g-only": ("kerneleft.theory.gonly", "solve_gonly"), "sigma": ("kerneleft.theory.sigma", "solve_sigma")}
+_DEPTH_MODELS = ("continuous", "discrete")
+TABLE = "results.parquet"
+SUMMARY = "summary.json"
+
+#: Columns of ``results.parquet`` (one row per cell × layer × quantity × matrix/tensor entry).
+COLUMNS = {
+    "cell": "cell id (hash of everything that determines its numbers); cells/<cell>.json holds its JSON",
+    "kind": "'ensemble' (exact simulation) or 'theory'",
+    "method": "ensemble sampler (null for theory)",
+    "closure": "theory closure 'g-only' or 'sigma' (null for ensembles)",
+    "depth_model": "theory depth model (null for ensembles: they are the depth-L network)",
+    "options": "theory solver options as JSON ('{}' for ensembles)",
+    "width": "network width n (null for theory)",
+    "samples": "networks in the ensemble (null for theory)",
+    "seed": "root seed (null for theory)",
+    "chunk_size": "samples per seeded chunk (null for theory)",
+    "activation": "config: activation", "C_W": "config: C_W", "C_b": "config: C_b", "T": "config: T",
+    "depth": "config: number of blocks L", "P": "number of inputs", "K_in": "config: input kernel as JSON",
+    "kerneleft_version": "kerneleft version that computed the cell",
+    "numpy_version": "numpy version that computed the cell",
+    "l": "layer 0..L", "t": "depth-time l*T/L",
+    "quantity": "array name of the simulate/theory contract (K0, V4, K1, G_mean, ...)",
+    "a": "first index (null for per-layer scalars)", "b": "second index", "c": "third index (4-index only)",
+    "d": "fourth index (4-index only)",
+    "value": "the entry", "se": "its Monte Carlo standard error (null for theory and K0)",
+}
+
+
+def _one_line_error(loc: str, err: Exception) -> Exception:
+    """Re-raise a kerneleft ``field: message`` error located in the sweep file, e.g. ``axes.C_W: ...``."""
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return type(err)(f"{loc}.{msg}" if not msg.startswith(f"{loc}.") else msg)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """One unit of a sweep: an ensemble (``params``: method, width, samples, seed, chunk_size resolved) or a
+    theory solve (``params``: closure, depth_model, options). ``point``: its axis values, for display."""
+
+    kind: str
+    net: Network
+    params: dict
+    point: dict
+    chunks_per_task: int = 1     # ensemble chunks per Dask task; not part of the key (the numbers do not change)
+
+    @cached_property
+    def key(self) -> dict:
+        """Everything that determines the cell's numbers."""
+        from . import __version__
+
+        return {"kind": self.kind, "config": self.net.to_dict(), **self.params, "kerneleft": __version__}
+
+    @cached_property
+    def id(self) -> str:
+        return hashlib.sha256(_canonical(self.key).encode()).hexdigest()[:16]
+
+    @property
+    def tasks(self) -> int:
+        """Tasks the cell submits: its chunks in groups of ``chunks_per_task`` (ensemble) or 1 (theory)."""
+        if self.kind == "theory":
+            return 1
+        chunks = _ceil_div(self.params["samples"], self.params["chunk_size"])
+        return _ceil_div(chunks, self.chunks_per_task)
+
+
+@dataclass(frozen=True, eq=False)
+class Sweep:
+    """A parsed sweep file: ``base`` config mapping, ``axes`` (name -> list), ``ensemble`` settings (or None),
+    ``theory`` settings (or None), and the resulting ``cells`` (ensembles first in grid order, then theories)."""
+
+    base: dict
+    axes: dict
+    ensemble: dict | None
+    theory: dict | None
+    cells: tuple[Cell, ...] = field(repr=False)
+
+    def spec(self) -> dict:
+        """The sweep as a JSON-able mapping (provenance of the table)."""
+        return {"base": self.base, "axes": self.axes, "ensemble": self.ensemble, "theory": self.theory}
+
+
+def _as_list(loc: str, v) -> list:
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"{loc}: must be a non-empty list, got {v!r}")
+    return v
+
+
+def _check_int(loc: str, v, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{loc}: must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _parse_axes(axes) -> dict:
+    if not isinstance(axes, dict):
+        raise ValueError("axes: must be a table of name = [values, ...]")
+    out = {}
+    for name, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"axes.{name}: must be a non-empty list of values, got {values!r}")
+        seen = set()
+        for v in values:
+            c = _canonical(v)
+            if c in seen:
+                raise ValueError(f"axes.{name}: duplicate value {v!r}")
+            seen.add(c)
+        out[name] = values
+    return out
+
+
+def _parse_theory(theory) -> dict:
+    if not isinstance(theory, dict):
+        raise ValueError("theory: must be a table")
+    unknown = sorted(set(theory) - {"closures", "depth_model", *CLOSURES})
+    if unknown:
+        raise ValueError(f"theory.{unknown[0]}: unknown key (allowed: closures, depth_model, {', '.join(CLOSURES)})")
+    if "closures" not in theory:
+        raise ValueError("theory.closures: required field is missing (e.g. closures = [\"g-only\"])")
+    closures = _as_list("theory.closures", theory["closures"])
+    for c in closures:
+        if c not in CLOSURES:
+            raise ValueError(f"theory.closures: must be among {', '.join(CLOSURES)}, got {c!r}")
+    models = _as_list("theory.depth_model", theory.get("depth_model", "continuous"))
+    for m in models:
+        if m not in _DEPTH_MODELS:
+            raise ValueError(f"theory.depth_model: must be 'continuous' or 'discrete', got {m!r}")
+    options = {}
+    for c in closures:
+        opts = theory.get(c, {})
+        if not isinstance(opts, dict):
+            raise ValueError(f"theory.{c}: must be a table of solver options")
+        options[c] = opts
+    return {"closures": list(dict.fromkeys(closures)), "depth_model": list(dict.fromkeys(models)),
+            "options": options}
+
+
+def _check_solver_options(net: Network, closure: str, depth_model: str, opts: dict) -> None:
+    module, name = _SOLVERS[closure]
+    try:
+        solver = getattr(import_module(module), name)
+    except ImportError as err:
+        raise ValueError(f"theory.closures: closure {closure!r} is not available ({err})") from None
+    try:
+        inspect.signature(solver).bind(net, depth_model=depth_model, **opts)
+    except TypeError as err:
+        raise ValueError(f"theory.{closure}: bad solver options {sorted(opts)} ({err})") from None
+
+
+def parse_sweep(spec: dict, base_dir: str | Path = ".") -> Sweep:
+    """Validate a sweep mapping (the parsed TOML) and expand it into cells; ``base_dir`` resolves ``base = "file"``.
+
+    Raises ValueError/TypeError with one line naming the field (``axes.width: ...``).
+    """
+    if not isinstance(spec, dict):
+        raise TypeError("sweep: must be a mapping")
+    unknown = sorted(set(spec) - {"base", "axes", "ensemble", "theory"})
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown sweep table (allowed: base, axes, ensemble, theory)")
+    base = spec.get("base")
+    if isinstance(base, str):
+        path = Path(base_dir) / base
+        try:
+            base = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ValueError(f"base: cannot read config {str(path)!r}: {err}") from None
+    if not isinstance(base, dict):
+        raise ValueError("base: required table (the INTERFACE.md config fields) or a config file name")
+    axes = _parse_axes(spec.get("axes", {}))
+    ens, theory = spec.get("ensemble"), spec.get("theory")
+    if ens is None and theory is None:
+        raise ValueError("ensemble: a sweep needs an [ensemble] table, a [theory] table, or both")
+    if ens is not None:
+        if not isinstance(ens, dict):
+            raise ValueError("ensemble: must be a table")
+        for k in ens:
+            if k not in (*ENSEMBLE_SETTINGS, "chunks_per_task"):
+                raise ValueError(f"ensemble.{k}: unknown setting (allowed: {', '.join(ENSEMBLE_SETTINGS)}, "
+                                 f"chunks_per_task)")
+        if "chunks_per_task" in ens:
+            _check_int("ensemble.chunks_per_task", ens["chunks_per_task"], 1)
+        ens = {**_ENSEMBLE_DEFAULTS, **ens}
+        for k in ENSEMBLE_SETTINGS:
+            if k not in ens and k not in axes:
+                raise ValueError(f"ensemble.{k}: required (give it in [ensemble] or as a list in [axes])")
+    else:
+        for k in ENSEMBLE_SETTINGS:
+            if k in axes:
+                raise ValueError(f"axes.{k}: ensemble setting, but the sweep has no [ensemble] table")
+    theory = None if theory is None else _parse_theory(theory)
+    cells = _expand(base, axes, ens, theory)
+    return Sweep(base, axes, ens, theory, tuple(cells))
+
+
+def _network(base: dict, axes: dict, point: dict) -> Network:
+    try:
+        return network_from_dict({**base, **point})
+    except (ValueError, TypeError) as err:
+        field_name = str(err).split(":", 1)[0]
+        loc = "axes" if field_name in axes else "base"
+        raise _one_line_error(loc, err) from None
+
+
+def _ensemble_params(ens: dict, axes: dict, point: dict, net: Network) -> dict:
+    p = {k: point.get(k, ens.get(k)) for k in ENSEMBLE_SETTINGS}
+    loc = {k: "axes" if k in point else "ensemble" for k in ENSEMBLE_SETTINGS}
+    if not isinstance(p["method"], str):
+        raise ValueError(f"{loc['method']}.method: must be a method name, got {p['method']!r}")
+    try:
+        get_method(p["method"])
+    except ValueError as err:
+        raise _one_line_error(loc["method"], err) from None
+    for k, minimum in (("width", 1), ("samples", 2), ("seed", 0)):
+        _check_int(f"{loc[k]}.{k}", p[k], minimum)
+    if p["chunk_size"] is None:
+        p["chunk_size"] = default_chunk_size(p["method"], net, p["width"])
+    _check_int(f"{loc['chunk_size']}.chunk_size", p["chunk_size"], 1)
+    return p
+
+
+def _expand(base: dict, axes: dict, ens: dict | None, theory: dict | None) -> list[Cell]:
+    config_axes = {k: v for k, v in axes.items() if k not in ENSEMBLE_SETTINGS}
+    cells: dict[str, Cell] = {}
+    nets: dict[str, tuple[Network, dict]] = {}
+    for values in itertools.product(*config_axes.values()):
+        point = dict(zip(config_axes, values))
+        net = _network(base, axes, point)
+        nets.setdefault(_canonical(net.to_dict()), (net, point))
+        if ens is None:
+            continue
+        ens_axes = {k: v for k, v in axes.items() if k in ENSEMBLE_SETTINGS}
+        for ens_values in itertools.product(*ens_axes.values()):
+            full = {**point, **dict(zip(ens_axes, ens_values))}
+            group = ens.get("chunks_per_task", _ceil_div(_TASK_LAYERS, net.depth))
+            cell = Cell("ensemble", net, _ensemble_params(ens, axes, full, net), full, group)
+            cells.setdefault(cell.id, cell)
+    if theory is not None:
+        for net, point in nets.values():
+            for closure, model in itertools.product(theory["closures"], theory["depth_model"]):
+                opts = theory["options"][closure]
+                _check_solver_options(net, closure, model, opts)
+                params = {"closure": closure, "depth_model": model, "options": opts}
+                cell = Cell("theory", net, params, {**point, "closure": closure, "depth_model": model})
+                cells.setdefault(cell.id, cell)
+    return list(cells.values())
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep TOML file."""
+    p = Path(path)
+    try:
+        spec = tomllib.loads(p.read_text())
+    except OSError as err:
+        raise ValueError(f"sweep: cannot read {str(p)!r}: {err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"sweep: {str(p)!r} is not valid TOML: {err}") from None
+    return parse_sweep(spec, p.parent)
+
+
+# --- running ---------------------------------------------------------------------------------------------------
+def _solve_theory(task: tuple) -> KernelResult:
+    """Worker entry point of a theory cell: ``task = (config dict, closure, depth_model, options)``."""
+    config, closure, depth_model, options = task
+    return solve(network_from_dict(config), closure=closure, depth_model=depth_model, **options)
+
+
+def _run_cell(cell: Cell, map: Callable) -> KernelResult:
+    """Compute one cell with ``map`` (builtins.map or a DaskMap wrapper); same numbers for any map."""
+    if cell.kind == "theory":
+        p = cell.params
+        (res,) = map(_solve_theory, [(cell.net.to_dict(), p["closure"], p["depth_model"], p["options"])])
+        return res
+    p = cell.params
+    return simulate(cell.net, p["width"], p["samples"], p["seed"], p["method"], chunk_size=p["chunk_size"],
+                    progress=False, map=map, chunks_per_task=cell.chunks_per_task)
+
+
+def _cell_path(out: Path, cell: Cell) -> Path:
+    return out / "cells" / f"{cell.id}.json"
+
+
+def _load_cached(out: Path, cell: Cell) -> dict | None:
+    """The cell's stored JSON if it exists and belongs to exactly this cell, else None."""
+    try:
+        d = json.loads(_cell_path(out, cell).read_text())
+    except (OSError, ValueError):
+        return None
+    meta = d.get("sweep") if isinstance(d, dict) else None
+    if not isinstance(meta, dict) or meta.get("key") is None or _canonical(meta["key"]) != _canonical(cell.key):
+        return None
+    return d
+
+
+def _store(out: Path, cell: Cell, res: KernelResult) -> dict:
+    """Write the cell's JSON atomically (tmp file + rename) and return the stored dict."""
+    res.meta["sweep"] = {"cell": cell.id, "kind": cell.kind, "key": cell.key, "point": cell.point,
+                         "arrays": list(res.arrays), "numpy_version": np.__version__}
+    d = res.to_dict()
+    path = _cell_path(out, cell)
+    tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(d))                 # d is already plain JSON data (write_json would convert again)
+    os.replace(tmp, path)
+    return d
+
+
+@contextmanager
+def _dask_map(scheduler, workers: int):
+    """A DaskMap on ``scheduler``, or on a loopback LocalCluster of ``workers`` processes; None for serial."""
+    if scheduler is None and workers == 1:
+        yield None
+        return
+    if scheduler is not None:
+        with DaskMap(scheduler, min_workers=workers) as dmap:
+            yield dmap
+        return
+    LocalCluster = require("distributed", "workers").LocalCluster
+    import dask
+
+    # Dask's default MALLOC_TRIM_THRESHOLD_ for workers slows the samplers' large temporaries by ~12%.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None) as cluster, DaskMap(cluster.scheduler_address) as dmap:
+        yield dmap
+
+
+@dataclass
+class SweepSummary:
+    """Outcome of :func:`run_sweep`: cell ids ``computed`` now and ``cached`` (found finished), the table path."""
+
+    cells: list[Cell]
+    computed: list[str]
+    cached: list[str]
+    table: Path
+    rows: int
+    wall_s: float
+    scheduler: str | None          # address of the Dask scheduler that computed cells (None: in-process)
+
+    def to_dict(self) -> dict:
+        cached = set(self.cached)
+        return {"cells": [{"id": c.id, "kind": c.kind, "point": c.point, "json": f"cells/{c.id}.json",
+                           "status": "cached" if c.id in cached else "computed"} for c in self.cells],
+                "n_cells": len(self.cells), "n_computed": len(self.computed), "n_cached": len(self.cached),
+                "table": self.table.name, "rows": self.rows, "wall_s": self.wall_s, "scheduler": self.scheduler}
+
+
+def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, workers: int = 1,
+              progress: bool = True) -> SweepSummary:
+    """Compute every unfinished cell of ``sweep`` into ``out`` and write ``out/results.parquet``.
+
+    ``scheduler``: Dask scheduler address, scheduler file or ``dask.distributed.Client`` (``workers`` is then
+    the number of workers to wait for); without it, ``workers`` > 1 starts a loopback LocalCluster of that many
+    single-threaded worker processes, and ``workers`` = 1 runs serially in this process. The numbers do not
+    depend on this choice. Finished cells (``out/cells/<id>.json``) are read back, never recomputed.
+    """
+    if not isinstance(sweep, Sweep):
+        sweep = load_sweep(sweep)
+    workers = _check_int("workers", workers, 1)
+    require("pyarrow.parquet", "out")
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    stored = {c.id: _load_cached(out, c) for c in sweep.cells}
+    cached = [i for i, d in stored.items() if d is not None]
+    todo = [c for c in sweep.cells if stored[c.id] is None]
+    computed = []
+    address = None
+    bar = tqdm(total=sum(c.tasks for c in todo), unit="task", desc="sweep", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    lock, stop = threading.Lock(), threading.Event()
+
+    def counted(inner: Callable) -> Callable:
+        """``inner`` that ticks the sweep's progress bar per task and stops when the sweep is aborted."""
+        def map_(fn, tasks):
+            for r in inner(fn, tasks):
+                if stop.is_set():
+                    raise _Aborted
+                with lock:
+                    bar.update(1)
+                yield r
+        return map_
+
+    def finish(cell: Cell, res: KernelResult) -> None:
+        stored[cell.id] = _store(out, cell, res)
+        computed.append(cell.id)
+        bar.set_postfix_str(f"cells {len(cached) + len(computed)}/{len(sweep.cells)} ({len(cached)} cached)")
+
+    try:
+        bar.set_postfix_str(f"cells {len(cached)}/{len(sweep.cells)} ({len(cached)} cached)")
+        with _dask_map(scheduler, workers) if todo else nullcontext() as dmap:
+            if dmap is None:
+                for cell in todo:
+                    finish(cell, _run_cell(cell, counted(map)))
+            else:
+                address = dmap.address
+                _run_threads(todo, counted(dmap), max(2, 2 * dmap.worker_threads), finish, stop)
+    finally:
+        bar.close()
+    rows = _write_table(out / TABLE, sweep, [stored[c.id] for c in sweep.cells])
+    summary = SweepSummary(list(sweep.cells), computed, cached, out / TABLE, rows, time.perf_counter() - start,
+                           address)
+    write_json({**summary.to_dict(), "sweep": sweep.spec()}, out / SUMMARY)
+    return summary
+
+
+class _Aborted(Exception):
+    """Raised in the cell threads once the sweep has failed or been interrupted."""
+
+
+def _run_threads(todo: list[Cell], map_: Callable, concurrency: int, finish: Callable,
+                 stop: threading.Event) -> None:
+    """Run cells concurrently, one client thread each (all share the DaskMap's in-flight budget); on an error or
+    Ctrl-C, ``stop`` makes the other threads give up at their next task."""
+    cells = iter(todo)
+    n = min(concurrency, len(todo))
+    with ThreadPoolExecutor(n, thread_name_prefix="kerneleft-sweep") as pool:
+        running = {}
+        try:
+            for cell in itertools.islice(cells, n):
+                running[pool.submit(_run_cell, cell, map_)] = cell
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    finish(running.pop(f), f.result())
+                    nxt = next(cells, None)
+                    if nxt is not None:
+                        running[pool.submit(_run_cell, nxt, map_)] = nxt
+        finally:
+            stop.set()
+            for f in running:
+                f.cancel()
+
+
+# --- the table -------------------------------------------------------------------------------------------------
+def cell_columns(d: dict) -> dict[str, np.ndarray | list]:
+    """Long-format columns of one stored cell (a ``simulate``/``theory`` JSON dict with its ``sweep`` object).
+
+    One row per layer × quantity × entry for every array of shape (L+1,) + (P,)*r, r <= 4; index columns
+    a..d are -1 where unused (turned into nulls in the table); ``se`` is NaN where there is none.
+    """
+    t = np.asarray(d["t"], dtype=float)
+    P = len(d["config"]["K_in"])
+    cols: dict[str, list] = {k: [] for k in ("l", "t", "quantity", "idx", "value", "se")}
+    for q in d["sweep"]["arrays"]:
+        v = np.array(d[q], dtype=float)
+        r = v.ndim - 1
+        if v.shape[0] != len(t) or r > 4 or any(s != P for s in v.shape[1:]):
+            continue
+        m = P ** r
+        se = np.array(d[f"{q}_se"], dtype=float) if f"{q}_se" in d else np.full(v.shape, np.nan)
+        idx = np.full((len(t), m, 4), -1, dtype=np.int32)
+        idx[:, :, :r] = np.indices((P,) * r).reshape(r, m).T
+        cols["l"].append(np.repeat(np.arange(len(t), dtype=np.int32), m))
+        cols["t"].append(np.repeat(t, m))
+        cols["quantity"].append(np.full(len(t) * m, q, dtype=object))
+        cols["idx"].append(idx.reshape(-1, 4))
+        cols["value"].append(v.reshape(-1))
+        cols["se"].append(se.reshape(-1))
+    out = {k: np.concatenate(v) for k, v in cols.items()}
+    idx = out.pop("idx")
+    out.update({name: idx[:, i] for i, name in enumerate("abcd")})
+    return out
+
+
+def _write_table(path: Path, sweep: Sweep, stored: list[dict]) -> int:
+    from . import __version__
+
+    pa, pq = require("pyarrow", "out"), require("pyarrow.parquet", "out")
+
+    schema = pa.schema([
+        ("cell", pa.string()), ("kind", pa.string()), ("method", pa.string()), ("closure", pa.string()),
+        ("depth_model", pa.string()), ("options", pa.string()), ("width", pa.int64()), ("samples", pa.int64()),
+        ("seed", pa.int64()), ("chunk_size", pa.int64()), ("activation", pa.string()), ("C_W", pa.float64()),
+        ("C_b", pa.float64()), ("T", pa.float64()), ("depth", pa.int64()), ("P", pa.int64()),
+        ("K_in", pa.string()), ("kerneleft_version", pa.string()), ("numpy_version", pa.string()),
+        ("l", pa.int32()), ("t", pa.float64()), ("quantity", pa.string()), ("a", pa.int32()), ("b", pa.int32()),
+        ("c", pa.int32()), ("d", pa.int32()), ("value", pa.float64()), ("se", pa.float64()),
+    ], metadata={"kerneleft.sweep": _canonical({"kerneleft_version": __version__, "sweep": sweep.spec(),
+                                                "columns": COLUMNS})})
+    tables = []
+    for d in stored:
+        cols = cell_columns(d)
+        n = len(cols["value"])
+        key, cfg = d["sweep"]["key"], d["config"]
+        const = {"cell": d["sweep"]["cell"], "kind": key["kind"], "method": key.get("method"),
+                 "closure": key.get("closure"), "depth_model": key.get("depth_model"),
+                 "options": _canonical(key.get("options", {})), "width": key.get("width"),
+                 "samples": key.get("samples"), "seed": key.get("seed"), "chunk_size": key.get("chunk_size"),
+                 "activation": cfg["activation"], "C_W": cfg["C_W"], "C_b": cfg["C_b"], "T": cfg["T"],
+                 "depth": cfg["depth"], "P": len(cfg["K_in"]), "K_in": _canonical(cfg["K_in"]),
+                 "kerneleft_version": key["kerneleft"], "numpy_version": d["sweep"]["numpy_version"]}
+        arrays = [pa.repeat(pa.scalar(const[f.name], f.type), n) for f in schema if f.name in const]
+        arrays += [pa.array(cols["l"]), pa.array(cols["t"]), pa.array(cols["quantity"], pa.string())]
+        arrays += [pa.array(cols[k], mask=cols[k] < 0) for k in "abcd"]
+        arrays += [pa.array(cols["value"]), pa.array(cols["se"], mask=np.isnan(cols["se"]))]
+        tables.append(pa.Table.from_arrays(arrays, schema=schema))
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return table.num_rows
