@@ -84,11 +84,23 @@ def _scale_eps(prof: Profile, coef):
 
 
 def _hermite_1d(x, order):
-    """He_q(x) / √q!, q = 0..order, stacked on the last axis (stable normalised recurrence)."""
-    h = [np.ones_like(x), x]
+    """He_q(x) / √q!, q = 0..order, on the last axis (stable normalised recurrence, preallocated)."""
+    h = np.empty(x.shape + (order + 1,))
+    h[..., 0] = 1.0
+    if order >= 1:
+        h[..., 1] = x
     for q in range(1, order):
-        h.append((x * h[q] - math.sqrt(q) * h[q - 1]) / math.sqrt(q + 1))
-    return np.stack(h[: order + 1], axis=-1)
+        h[..., q + 1] = (x * h[..., q] - math.sqrt(q) * h[..., q - 1]) / math.sqrt(q + 1)
+    return h
+
+
+def _weighted_hermite(xi, xi_w, order):
+    """(xi_w·He, |xi_w·He|) on nodes xi (..., n) -> (..., n, o+1) each; None at order 0 (not needed)."""
+    if order == 0:
+        return None
+    W = _hermite_1d(xi, order)
+    W *= xi_w[..., None]
+    return W, np.abs(W)
 
 
 def _split_table(vals, absv, sigma, order):
@@ -111,24 +123,28 @@ def _split_table(vals, absv, sigma, order):
     return est, mass
 
 
-def _smoothed(phi, derivs, z, xi_w, He, sigma, order):
+def _smoothed(phi, derivs, z, xi_w, W, sigma, order, parity=None):
     """F[..., i] = E_ξ[f^(i)(m + σ ξ)] and its absolute mass, i = 0..order, from the inner nodes.
 
-    z = m + σξ and xi_w (quadrature weights) (B, N, n); He (B, N, n, o+1) normalised Hermite of ξ (None at
-    order 0); sigma (B,).
+    z = m + σξ and xi_w (quadrature weights) (B, N, n); W = (xi_w·He, |xi_w·He|) with He (B, N, n, o+1) the
+    normalised Hermite polynomials of ξ (shared by both smoothed functions of a block; unused at order 0);
+    sigma (B,); ``parity`` (B, o+1) multiplies He_q (sign(ρ)^q for the reflected nodes), None for +1.
     Without ``derivs`` only the split q = i is available (NaN for i >= 1 where σ = 0). Returns (B, N, o+1) x 2.
     """
     if order == 0:
         f = xi_w * phi(z)
         return np.sum(f, axis=-1)[..., None], np.sum(np.abs(f), axis=-1)[..., None]
+    Wv, Wa = W
     if derivs is None:
-        f = (xi_w * phi(z))[..., None, :]                                                # (B, N, 1, n)
+        f = phi(z)[..., None, :]                                                        # (B, N, 1, n)
         vals = np.zeros(z.shape[:2] + (order + 1, order + 1))
         absv = np.full(z.shape[:2] + (order + 1, order + 1), np.inf)
-        vals[..., :1, :], absv[..., :1, :] = f @ He, np.abs(f) @ np.abs(He)
+        vals[..., :1, :], absv[..., :1, :] = f @ Wv, np.abs(f) @ Wa
     else:
-        f = xi_w[..., None, :] * np.moveaxis(derivs(z, order), 0, -2)                    # (B, N, o+1, n)
-        vals, absv = f @ He, np.abs(f) @ np.abs(He)
+        D = np.moveaxis(np.asarray(derivs(z, order), dtype=float), 0, -2)               # (B, N, o+1, n)
+        vals, absv = D @ Wv, np.abs(D) @ Wa
+    if parity is not None:
+        vals *= parity[:, None, None, :]
     return _split_table(vals, absv, sigma[:, None], order)
 
 
@@ -158,10 +174,9 @@ def pair_moments(phi, derivs, k11, k22, k12, order, prof):
                                            w.shape), n, Y)                              # (b, N, n)
         z1 = sgn[sl, None, None] * (a1[sl, None, None] * w[..., None] + s1[sl, None, None] * xi)
         z2 = a2[sl, None, None] * w[..., None] + s2[sl, None, None] * xi
-        He = _hermite_1d(xi, order) if order else None                                   # (b, N, n, o+1)
-        Hf = He * sgn[sl, None, None, None] ** np.arange(order + 1) if order else None
-        Fv, Fa = _smoothed(phi, derivs, z1, xw, Hf, s1[sl], order)
-        Gv, Ga = _smoothed(phi, derivs, z2, xw, He, s2[sl], order)
+        W = _weighted_hermite(xi, xw, order)
+        Fv, Fa = _smoothed(phi, derivs, z1, xw, W, s1[sl], order, sgn[sl, None] ** np.arange(order + 1))
+        Gv, Ga = _smoothed(phi, derivs, z2, xw, W, s2[sl], order)
         M[sl] = np.einsum("bw,bwi,bwj->bij", ww, Fv, Gv)
         err[sl] = _EPS * (n + 10) * np.einsum("bw,bwi,bwj->bij", ww, Fa, Ga)
     i, j = np.indices((order + 1, order + 1))
