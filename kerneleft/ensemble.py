@@ -24,8 +24,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .activations import REGISTRY
-from .config import Network, network_from_dict
+from .config import Network
 from .estimators import Moments, drift_control_variate, extrapolate_K1, merge, pair_index
 from .gaussian import jacobian
 from .kernel import K0_discrete
@@ -111,16 +110,10 @@ def transport_ops(net: Network, K0: np.ndarray) -> np.ndarray:
     return net.C_W * jacobian(net.phi, K0[:-1])
 
 
-def _portable(net: Network):
-    """The network in a picklable form: its dict for registered activations (lambdas do not pickle)."""
-    return net.to_dict() if REGISTRY.get(net.phi.name) is net.phi else net
-
-
 def run_task(task: tuple) -> list[Partial]:
-    """Worker entry point: ``task = (sampler, net or net dict, width, Tr, seed, first_chunk, sizes)`` → one
+    """Worker entry point: ``task = (sampler, net, width, Tr, seed, first_chunk, sizes)`` → one
     Partial per chunk, chunk i seeded by ``SeedSequence(seed, spawn_key=(i,))``."""
     sampler, net, width, Tr, seed, first, sizes = task
-    net = net if isinstance(net, Network) else network_from_dict(net)
     return [chunk_statistics(sampler, net, width, size, np.random.SeedSequence(seed, spawn_key=(first + j,)), Tr)
             for j, size in enumerate(sizes)]
 
@@ -233,8 +226,7 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
     k = net.P * (net.P + 1) // 2
     n_chunks = -(-samples // chunk)
     sizes = [min(chunk, samples - i * chunk) for i in range(n_chunks)]
-    portable = _portable(net)
-    tasks = ((sampler, portable, width, Tr, seed, i, sizes[i:i + chunks_per_task])
+    tasks = ((sampler, net, width, Tr, seed, i, sizes[i:i + chunks_per_task])
              for i in range(0, n_chunks, chunks_per_task))
 
     total, done, interrupted, stopped = None, 0, False, False
