@@ -16,7 +16,7 @@ from .result import write_json
 __all__ = ["main", "cli"]
 
 
-def _positive_int(name: str, value: int, minimum: int) -> int:
+def _min_int(name: str, value: int, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: must be an integer >= {minimum}, got {value}")
     return value
@@ -32,7 +32,7 @@ def _degree(value: str):
     if value in ("auto", "quadratic"):
         return value
     try:
-        return _positive_int("degree", int(value), 1)
+        return _min_int("degree", int(value), 1)
     except ValueError:
         raise ValueError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {value!r}") from None
 
@@ -115,9 +115,9 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
 def simulate(config, width, samples, seed, method, workers, scheduler, chunk_size, stop_se, progress, json_out):
     """Exact finite-width ensemble statistics with standard errors (THEORY §2, §7)."""
     net = load_config(config)
-    _positive_int("width", width, 1)
-    _positive_int("samples", samples, 2)
-    _positive_int("workers", workers, 1)
+    _min_int("width", width, 1)
+    _min_int("samples", samples, 2)
+    _min_int("workers", workers, 1)
     from .ensemble import simulate as simulate_api
 
     res = simulate_api(net, width=width, samples=samples, seed=seed, method=method, workers=workers,
@@ -142,11 +142,11 @@ def simulate(config, width, samples, seed, method, workers, scheduler, chunk_siz
 def diagnose(config, width, samples, seed, threshold, workers, batches, method, json_out):
     """THEORY §5 diagnostics: each G-only closed term against its exact counterpart."""
     net = load_config(config)
-    _positive_int("width", width, 1)
-    _positive_int("samples", samples, 2)
-    _positive_int("workers", workers, 1)
+    _min_int("width", width, 1)
+    _min_int("samples", samples, 2)
+    _min_int("workers", workers, 1)
     _positive_float("threshold", threshold)
-    _positive_int("batches", batches, 2)
+    _min_int("batches", batches, 2)
     from .diagnostics import diagnose as diagnose_api
 
     res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, workers=workers,
@@ -166,7 +166,7 @@ def diagnose(config, width, samples, seed, threshold, workers, batches, method, 
               help="Local worker processes (with --scheduler: Dask workers to wait for).")
 def sweep(sweep_file, out, scheduler, workers):
     """Grid of ensembles and theory solves -> OUT/results.parquet + OUT/cells/*.json (cached)."""
-    _positive_int("workers", workers, 1)
+    _min_int("workers", workers, 1)
     from .sweep import load_sweep, run_sweep
 
     summary = run_sweep(load_sweep(sweep_file), out, scheduler=scheduler, workers=workers)
@@ -184,9 +184,9 @@ def sweep(sweep_file, out, scheduler, workers):
 @click.option("--seed", type=int, default=None, help="Root seed of all ensembles (default: fixed).")
 def reproduce(quick, config, out, workers, seed):
     """The main job: G-only and sigma theories against exact ensembles; writes report.md, results.json, figures."""
-    _positive_int("workers", workers, 1)
+    _min_int("workers", workers, 1)
     if seed is not None:
-        _positive_int("seed", seed, 0)
+        _min_int("seed", seed, 0)
     from .report import findings_text, reproduce as reproduce_api
 
     res = reproduce_api(out, quick=quick, config=config, workers=workers, seed=seed)
