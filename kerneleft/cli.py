@@ -12,27 +12,16 @@ import numpy as np
 
 from .config import load_config
 from .result import write_json
+from .validate import check_int, check_positive
 
 __all__ = ["main", "cli"]
-
-
-def _min_int(name: str, value: int, minimum: int) -> int:
-    if value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _positive_float(name: str, value: float) -> float:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: must be a finite number > 0, got {value}")
-    return value
 
 
 def _degree(value: str):
     if value in ("auto", "quadratic"):
         return value
     try:
-        return _min_int("degree", int(value), 1)
+        return check_int("degree", int(value), 1)
     except ValueError:
         raise ValueError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {value!r}") from None
 
@@ -87,9 +76,9 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
     from .theory import solve
 
     if closure == "sigma":
-        opts = {"degree": _degree(degree), "tol": _positive_float("tol", tol)}
+        opts = {"degree": _degree(degree), "tol": check_positive("tol", tol)}
     else:
-        opts = {"rtol": _positive_float("rtol", rtol), "atol": _positive_float("atol", atol)}
+        opts = {"rtol": check_positive("rtol", rtol), "atol": check_positive("atol", atol)}
     res = solve(net, closure=closure, depth_model=depth_model, **opts)
     write_json(res, json_out)
     click.echo(_summary(res, ("K0", "K1")))
@@ -115,9 +104,9 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
 def simulate(config, width, samples, seed, method, workers, scheduler, chunk_size, stop_se, progress, json_out):
     """Exact finite-width ensemble statistics with standard errors (THEORY §2, §7)."""
     net = load_config(config)
-    _min_int("width", width, 1)
-    _min_int("samples", samples, 2)
-    _min_int("workers", workers, 1)
+    check_int("width", width, 1)
+    check_int("samples", samples, 2)
+    check_int("workers", workers, 1)
     from .ensemble import simulate as simulate_api
 
     res = simulate_api(net, width=width, samples=samples, seed=seed, method=method, workers=workers,
@@ -142,11 +131,11 @@ def simulate(config, width, samples, seed, method, workers, scheduler, chunk_siz
 def diagnose(config, width, samples, seed, threshold, workers, batches, method, json_out):
     """THEORY §5 diagnostics: each G-only closed term against its exact counterpart."""
     net = load_config(config)
-    _min_int("width", width, 1)
-    _min_int("samples", samples, 2)
-    _min_int("workers", workers, 1)
-    _positive_float("threshold", threshold)
-    _min_int("batches", batches, 2)
+    check_int("width", width, 1)
+    check_int("samples", samples, 2)
+    check_int("workers", workers, 1)
+    check_positive("threshold", threshold)
+    check_int("batches", batches, 2)
     from .diagnostics import diagnose as diagnose_api
 
     res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, workers=workers,
@@ -166,7 +155,7 @@ def diagnose(config, width, samples, seed, threshold, workers, batches, method, 
               help="Local worker processes (with --scheduler: Dask workers to wait for).")
 def sweep(sweep_file, out, scheduler, workers):
     """Grid of ensembles and theory solves -> OUT/results.parquet + OUT/cells/*.json (cached)."""
-    _min_int("workers", workers, 1)
+    check_int("workers", workers, 1)
     from .sweep import load_sweep, run_sweep
 
     summary = run_sweep(load_sweep(sweep_file), out, scheduler=scheduler, workers=workers)
@@ -184,9 +173,9 @@ def sweep(sweep_file, out, scheduler, workers):
 @click.option("--seed", type=int, default=None, help="Root seed of all ensembles (default: fixed).")
 def reproduce(quick, config, out, workers, seed):
     """The main job: G-only and sigma theories against exact ensembles; writes report.md, results.json, figures."""
-    _min_int("workers", workers, 1)
+    check_int("workers", workers, 1)
     if seed is not None:
-        _min_int("seed", seed, 0)
+        check_int("seed", seed, 0)
     from .report import findings_text, reproduce as reproduce_api
 
     res = reproduce_api(out, quick=quick, config=config, workers=workers, seed=seed)

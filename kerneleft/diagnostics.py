@@ -30,6 +30,7 @@ from .config import Network
 from .kernel import S_bar
 from .result import KernelResult
 from .tensors import box, circ
+from .validate import check_int, check_positive
 from .theory.gonly import coefficients, from_pairs, from_pairs4, solve_gonly, tadpole, to_pairs, to_pairs4
 
 __all__ = ["diagnose", "closure_terms", "TERMS"]
@@ -120,14 +121,11 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
     G_mean, V4, K1 (simulated), K0, V4_gonly, K1_gonly (discrete G-only theory). meta: v4_residual_by_term
     (term -> array, and its ``_se``), validity_window (quantity -> t or None), relative_error (per layer).
     """
-    if not (np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold: must be a finite number > 0, got {threshold}")
+    check_positive("threshold", threshold)
     if ensemble is None:
         from .ensemble import simulate
-        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 2:
-            raise ValueError(f"batches: must be an integer >= 2, got {batches!r}")
-        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 4:
-            raise ValueError(f"samples: must be an integer >= 4 (two batches of two), got {samples!r}")
+        batches = check_int("batches", batches, 2)
+        samples = check_int("samples", samples, 4, " (two batches of two)")
         B = min(batches, samples // 2)
         sizes = np.full(B, samples // B) + (np.arange(B) < samples % B)
         ensemble = [simulate(net, width=width, samples=int(m), seed=s, method=method, workers=workers,

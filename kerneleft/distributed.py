@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .validate import check_int
+
 __all__ = ["DaskMap", "environment", "require"]
 
 _DEFAULT_MIN_IN_FLIGHT = 8
@@ -117,10 +119,9 @@ class DaskMap:
     def __init__(self, scheduler, *, max_in_flight: int | None = None, max_ahead: int | None = None,
                  min_workers: int | None = None, retries: int = 3, timeout=None):
         for name, v in (("max_in_flight", max_in_flight), ("max_ahead", max_ahead), ("min_workers", min_workers)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries: must be an integer >= 0, got {retries!r}")
+            if v is not None:
+                check_int(name, v, 1)
+        check_int("retries", retries, 0)
         self.client, self._owned = _connect(scheduler, timeout)
         try:
             if min_workers is not None:

@@ -30,6 +30,7 @@ from .gaussian import jacobian
 from .kernel import K0_discrete
 from .result import KernelResult
 from .samplers import conditional_paths, weights_paths
+from .validate import check_int, check_positive
 
 __all__ = ["METHODS", "register_method", "get_method", "default_chunk_size", "Partial", "chunk_statistics",
            "transport_ops", "run_task", "ProcessMap", "statistics", "simulate", "extrapolate_K1"]
@@ -146,12 +147,6 @@ class ProcessMap:
                     f.cancel()
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _tensor(c: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """(..., k, k) over pairs a <= b -> full (..., P, P, P, P)."""
     return c[..., idx[:, :, None, None], idx[None, None, :, :]]
@@ -200,14 +195,14 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
     if not isinstance(net, Network):
         raise TypeError(f"net: must be a kerneleft Network, got {type(net).__name__}")
     sampler = get_method(method)
-    width = _check_int("width", width, 1)
-    samples = _check_int("samples", samples, 2)
-    seed = _check_int("seed", seed, 0)
-    workers = _check_int("workers", workers, 1)
-    chunks_per_task = _check_int("chunks_per_task", chunks_per_task, 1)
-    chunk = default_chunk_size(method, net, width) if chunk_size is None else _check_int("chunk_size", chunk_size, 1)
-    if stop_se is not None and not (np.isfinite(stop_se) and stop_se > 0):
-        raise ValueError(f"stop_se: must be a finite number > 0, got {stop_se!r}")
+    width = check_int("width", width, 1)
+    samples = check_int("samples", samples, 2)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", workers, 1)
+    chunks_per_task = check_int("chunks_per_task", chunks_per_task, 1)
+    chunk = default_chunk_size(method, net, width) if chunk_size is None else check_int("chunk_size", chunk_size, 1)
+    if stop_se is not None:
+        check_positive("stop_se", stop_se)
     if scheduler is not None:
         if map is not None:
             raise ValueError("scheduler: give either map or scheduler, not both")

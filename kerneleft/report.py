@@ -45,6 +45,7 @@ from .result import KernelResult, to_jsonable, write_json
 from .tensors import circ
 from .theory import solve
 from .theory.gonly import coefficients, from_pairs, tadpole, to_pairs4
+from .validate import check_int, check_positive
 
 __all__ = ["reproduce", "default_network", "resolve_network", "PLANS", "ResultCache", "combine_batches",
            "extrapolate_width", "zscore", "relative_error", "FIGURES"]
@@ -111,8 +112,7 @@ def _plan(quick: bool, sizes: Mapping | None) -> dict[str, Any]:
         raise ValueError(f"sizes.widths: must be >= 2 distinct integers >= 1, got {widths!r}")
     widths = tuple(sorted(int(w) for w in widths))
     B = plan["batches"]
-    if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 2:
-        raise ValueError(f"sizes.batches: must be an integer >= 2, got {B!r}")
+    check_int("sizes.batches", B, 2)
     samples = plan["samples"]
     samples = (samples,) * len(widths) if isinstance(samples, (int, np.integer)) else tuple(samples)
     if len(samples) != len(widths) or any(int(s) < 2 * B or int(s) % B for s in samples):
@@ -373,12 +373,9 @@ def reproduce(out: str | Path, quick: bool = False, config=None, *, sizes: Mappi
     net, source = resolve_network(config)
     plan = _plan(quick, sizes)
     seed = DEFAULT_SEED if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: must be an integer >= 0, got {seed!r}")
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
-    if not (isinstance(threshold, (int, float)) and np.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold: must be a finite number > 0, got {threshold!r}")
+    check_int("seed", seed, 0)
+    check_int("workers", workers, 1)
+    check_positive("threshold", threshold)
     sigma_opts = dict(sigma_opts or {})
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -681,7 +678,6 @@ def findings_text(r: dict) -> list[str]:
     f, t = r["findings"], r["t"]
     widths, plan, zc = r["simulation"]["widths"], r["plan"], r["z_crit"]
     T = float(t[-1])
-    nmax = widths[-1]
     k0 = f["k0"]
     shifts = ", ".join(f"{_f(100 * k0['shift_by_width'][n], 3)} % (n = {n})" for n in widths)
     ns = ", ".join(f"{_f(100 * k0['shift_times_n'][n], 3)}" for n in widths)
@@ -780,7 +776,6 @@ def render_report(r: dict) -> str:
     t, P, cmp_, ext, th = r["t"], r["config_P"], r["comparisons"], r["simulation"]["extrapolated"], r["theory"]
     cfg, plan, widths = r["config"], r["plan"], r["simulation"]["widths"]
     L = len(t) - 1
-    sig = th["sigma_discrete"] is not None
     lines = [f"# kerneleft reproduce — {cfg['activation']} pre-activation ResNet, {P} inputs", "",
              f"Mode **{r['mode']}**; config {r['config_source']}: activation = {cfg['activation']}, "
              f"C_W = {cfg['C_W']:g}, C_b = {cfg['C_b']:g}, T = {cfg['T']:g}, depth L = {cfg['depth']}, K_in = {cfg['K_in']}. "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Network
+from .validate import check_int, check_positive
 
 __all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step"]
 
@@ -127,10 +128,8 @@ def block_law_step(rng: np.random.Generator, G: np.ndarray, S: np.ndarray, width
     width < P: G has rank <= n, so ``h = √n V`` with ``VᵀV = G`` (V n x P) is drawn against a direct n x P normal
     ``Z``: ``X = Vᵀ Z Aᵀ/√n``, ``Q = A ZᵀZ Aᵀ/n`` — also exact.
     """
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
-        raise ValueError(f"width: must be an integer >= 1, got {width!r}")
-    if not (np.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps: must be a finite number > 0, got {eps!r}")
+    check_int("width", width, 1)
+    check_positive("eps", eps)
     G, S = np.asarray(G, dtype=float), np.asarray(S, dtype=float)
     if G.shape != S.shape or G.ndim < 2 or G.shape[-1] != G.shape[-2]:
         raise ValueError(f"G: shape {G.shape} must equal S shape {S.shape} and end in (P, P)")

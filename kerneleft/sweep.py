@@ -42,6 +42,7 @@ from .distributed import DaskMap, require
 from .ensemble import default_chunk_size, get_method, simulate
 from .result import KernelResult, write_json
 from .theory import CLOSURES, solve
+from .validate import check_int
 
 __all__ = ["Cell", "Sweep", "SweepSummary", "parse_sweep", "load_sweep", "run_sweep", "cell_columns", "COLUMNS"]
 
@@ -149,12 +150,6 @@ def _as_list(loc: str, v) -> list:
     return v
 
 
-def _check_int(loc: str, v, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{loc}: must be an integer >= {minimum}, got {v!r}")
-    return v
-
-
 def _parse_axes(axes) -> dict:
     if not isinstance(axes, dict):
         raise ValueError("axes: must be a table of name = [values, ...]")
@@ -241,7 +236,7 @@ def parse_sweep(spec: dict, base_dir: str | Path = ".") -> Sweep:
                 raise ValueError(f"ensemble.{k}: unknown setting (allowed: {', '.join(ENSEMBLE_SETTINGS)}, "
                                  f"chunks_per_task)")
         if "chunks_per_task" in ens:
-            _check_int("ensemble.chunks_per_task", ens["chunks_per_task"], 1)
+            check_int("ensemble.chunks_per_task", ens["chunks_per_task"], 1)
         ens = {**_ENSEMBLE_DEFAULTS, **ens}
         for k in ENSEMBLE_SETTINGS:
             if k not in ens and k not in axes:
@@ -274,10 +269,10 @@ def _ensemble_params(ens: dict, axes: dict, point: dict, net: Network) -> dict:
     except ValueError as err:
         raise _one_line_error(loc["method"], err) from None
     for k, minimum in (("width", 1), ("samples", 2), ("seed", 0)):
-        _check_int(f"{loc[k]}.{k}", p[k], minimum)
+        check_int(f"{loc[k]}.{k}", p[k], minimum)
     if p["chunk_size"] is None:
         p["chunk_size"] = default_chunk_size(p["method"], net, p["width"])
-    _check_int(f"{loc['chunk_size']}.chunk_size", p["chunk_size"], 1)
+    check_int(f"{loc['chunk_size']}.chunk_size", p["chunk_size"], 1)
     return p
 
 
@@ -417,7 +412,7 @@ def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, wor
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
-    workers = _check_int("workers", workers, 1)
+    workers = check_int("workers", workers, 1)
     require("pyarrow.parquet", "out")
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)

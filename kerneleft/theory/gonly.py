@@ -32,6 +32,7 @@ from ..kernel import K0_discrete, S_bar
 from ..result import KernelResult
 from ..samplers import block_law_step
 from ..tensors import box, circ
+from ..validate import check_positive
 
 __all__ = ["solve_gonly", "gonly_chain", "Coefficients", "coefficients", "tadpole", "to_pairs", "from_pairs",
            "to_pairs4", "from_pairs4"]
@@ -260,9 +261,8 @@ def solve_gonly(net: Network, depth_model: str = "continuous", rtol: float = 1e-
     resolution of 𝒯(t), ℋ(t); meta reports nfev_K0, nfev, chebyshev_nodes) or "discrete" (the depth-L
     recursions, exact consequences of I1–I2 under the closure at O(1/n); 𝒯, ℋ evaluated at every K0^l).
     """
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
-            raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
     t0 = time.perf_counter()
     meta = {"kind": "theory", "closure": "g-only", "depth_model": depth_model, "config": net.to_dict()}
     if depth_model == "continuous":

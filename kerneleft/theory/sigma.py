@@ -45,6 +45,7 @@ from ..result import KernelResult
 from ..tensors import circ
 from . import _sigma_grid, _sigma_hermite
 from ._sigma_march import layer_node, march
+from ..validate import check_int, check_positive
 from .gonly import from_pairs, from_pairs4, to_pairs4
 
 __all__ = ["solve_sigma", "TimeGrid", "time_grid", "Pairings", "grid_pairings", "hermite_pairings", "collective",
@@ -169,12 +170,6 @@ def _degrees(degree) -> list[int]:
     raise ValueError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {degree!r}")
 
 
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
-    return int(v)
-
-
 def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", tol: float = 1e-3, *,
                 grid: int | None = None, substeps: int | None = None, max_levels: int = _MAX_LEVELS) -> KernelResult:
     """Sigma-kernel theory (§6) on t = net.t: arrays K0, K1 (L+1,P,P), V4, covSigma, covGSigma (L+1,P,P,P,P).
@@ -189,10 +184,9 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
     """
     if depth_model not in ("continuous", "discrete"):
         raise ValueError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol: must be a finite number > 0, got {tol!r}")
-    s0 = _positive_int("substeps", substeps) if substeps is not None else -(-_MIN_STEPS // net.depth)
-    max_levels = _positive_int("max_levels", max_levels)
+    check_positive("tol", tol)
+    s0 = check_int("substeps", substeps, 1) if substeps is not None else -(-_MIN_STEPS // net.depth)
+    max_levels = check_int("max_levels", max_levels, 1)
     t0 = time.perf_counter()
     meta = {"kind": "theory", "closure": "sigma", "depth_model": depth_model, "config": net.to_dict()}
     if degree != "auto":
@@ -205,7 +199,7 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
         if net.P > _sigma_grid.MAX_P:
             raise ValueError(f"K_in: degree='auto' supports P <= {_sigma_grid.MAX_P} inputs, got P = {net.P} "
                              "(use an integer degree)")
-        n = _positive_int("grid", grid) if grid is not None else _GRID0[net.P]
+        n = check_int("grid", grid, 1) if grid is not None else _GRID0[net.P]
         levels, arrays, err, tg = [], None, None, None
         for lev in range(1 if grid is not None else max_levels):
             s = int(math.ceil(s0 * 1.5 ** lev))
