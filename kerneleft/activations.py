@@ -19,6 +19,7 @@ import numpy as np
 from scipy import special
 
 from ._gauss_taylor import DERIVATIVES
+from .errors import InputError
 
 __all__ = ["Activation", "get_activation", "ACTIVATION_NAMES", "REGISTRY"]
 
@@ -87,12 +88,12 @@ def get_activation(spec) -> Activation:
         try:
             return REGISTRY[spec]
         except KeyError:
-            raise ValueError(f"activation: unknown activation {spec!r} "
+            raise InputError(f"activation: unknown activation {spec!r} "
                              f"(allowed: {' | '.join(ACTIVATION_NAMES)} or a Python callable)") from None
     if callable(spec):
         name = getattr(spec, "__name__", "custom")
         if name in REGISTRY:
             name = f"custom_{name}"
         return Activation(name, spec, smooth=True)
-    raise TypeError(f"activation: must be a name ({' | '.join(ACTIVATION_NAMES)}) or a callable, "
+    raise InputError(f"activation: must be a name ({' | '.join(ACTIVATION_NAMES)}) or a callable, "
                     f"got {type(spec).__name__}")

@@ -13,6 +13,7 @@ import numpy as np
 from .config import load_config
 from .result import write_json
 from .validate import check_int, check_positive
+from .errors import EXIT_CODES, InputError, Interrupted, KerneleftError
 
 __all__ = ["main", "cli"]
 
@@ -23,7 +24,7 @@ def _degree(value: str):
     try:
         return check_int("degree", int(value), 1)
     except ValueError:
-        raise ValueError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {value!r}") from None
+        raise InputError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {value!r}") from None
 
 
 def _summary(res, names=("K0",)) -> str:
@@ -184,18 +185,23 @@ def reproduce(quick, config, out, workers, seed):
 
 
 def main(argv=None) -> int:
-    """Entry point: run the click group, turning bad input into one ``error:`` line and exit code 2."""
+    """Entry point: run the click group; map the package's own errors to exit codes (docs/reference.md#errors).
+
+    InputError -> 2, ConvergenceError -> 3, interrupt -> 130, each as one ``error:`` line on stderr; anything
+    else is a bug and propagates with its traceback (exit 1).
+    """
     try:
         cli.main(args=argv, prog_name="kerneleft", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("error: interrupted", err=True)
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt, Interrupted) as err:
+        detail = str(err).splitlines()[0] if isinstance(err, Interrupted) and str(err) else "interrupted"
+        click.echo(f"error: {detail}", err=True)
+        return EXIT_CODES[Interrupted]
     except click.ClickException as err:
         click.echo(f"error: {err.format_message()}".replace("\n", " "), err=True)
         return 2
-    except (ValueError, TypeError) as err:
+    except KerneleftError as err:
         click.echo(f"error: {err}".splitlines()[0], err=True)
-        return 2
+        return next(code for kind, code in EXIT_CODES.items() if isinstance(err, kind))
     return 0
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .activations import Activation, get_activation
+from .errors import InputError
 
 __all__ = ["Network", "load_config", "network_from_dict", "input_kernel"]
 
@@ -24,10 +25,10 @@ _PSD_RTOL = 1e-10
 
 def _finite_float(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: must be a real number, got {type(v).__name__}")
+        raise InputError(f"{name}: must be a real number, got {type(v).__name__}")
     v = float(v)
     if not math.isfinite(v):
-        raise ValueError(f"{name}: must be finite, got {v}")
+        raise InputError(f"{name}: must be finite, got {v}")
     return v
 
 
@@ -35,11 +36,11 @@ def _matrix(name: str, v: Any) -> np.ndarray:
     try:
         a = np.array(v, dtype=float)
     except (TypeError, ValueError):
-        raise TypeError(f"{name}: must be a nested list of real numbers") from None
+        raise InputError(f"{name}: must be a nested list of real numbers") from None
     if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"{name}: must be a non-empty 2-d array (list of rows), got shape {a.shape}")
+        raise InputError(f"{name}: must be a non-empty 2-d array (list of rows), got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name}: contains NaN or inf")
+        raise InputError(f"{name}: contains NaN or inf")
     return a
 
 
@@ -47,14 +48,14 @@ def check_kernel(name: str, K: Any) -> np.ndarray:
     """Validate a P x P symmetric positive semi-definite kernel; return it as a float array."""
     K = _matrix(name, K)
     if K.shape[0] != K.shape[1]:
-        raise ValueError(f"{name}: must be square (P x P), got shape {K.shape}")
+        raise InputError(f"{name}: must be square (P x P), got shape {K.shape}")
     scale = max(float(np.max(np.abs(K))), 1e-300)
     if not np.allclose(K, K.T, rtol=0.0, atol=1e-12 * scale):
-        raise ValueError(f"{name}: must be symmetric")
+        raise InputError(f"{name}: must be symmetric")
     K = 0.5 * (K + K.T)
     lam = np.linalg.eigvalsh(K)
     if lam[0] < -_PSD_RTOL * max(lam[-1], 1e-300) or lam[-1] <= 0.0:
-        raise ValueError(f"{name}: must be positive semi-definite with positive trace "
+        raise InputError(f"{name}: must be positive semi-definite with positive trace "
                          f"(smallest eigenvalue {lam[0]:.3g})")
     return K
 
@@ -65,9 +66,9 @@ def input_kernel(inputs: Any, C_in: float = 1.0, C_b_in: float = 0.0) -> np.ndar
     C_in = _finite_float("C_in", C_in)
     C_b_in = _finite_float("C_b_in", C_b_in)
     if C_in <= 0:
-        raise ValueError(f"C_in: must be > 0, got {C_in}")
+        raise InputError(f"C_in: must be > 0, got {C_in}")
     if C_b_in < 0:
-        raise ValueError(f"C_b_in: must be >= 0, got {C_b_in}")
+        raise InputError(f"C_b_in: must be >= 0, got {C_b_in}")
     return check_kernel("inputs", C_in * X @ X.T / X.shape[1] + C_b_in)
 
 
@@ -98,7 +99,7 @@ class Network(BaseModel):
     def _variance(cls, v, info):
         v = _finite_float(info.field_name, v)
         if v < 0:
-            raise ValueError(f"{info.field_name}: must be >= 0, got {v}")
+            raise InputError(f"{info.field_name}: must be >= 0, got {v}")
         return v
 
     @field_validator("T", mode="before")
@@ -106,7 +107,7 @@ class Network(BaseModel):
     def _T(cls, v):
         v = _finite_float("T", v)
         if v <= 0:
-            raise ValueError(f"T: must be > 0, got {v}")
+            raise InputError(f"T: must be > 0, got {v}")
         return v
 
     @field_validator("depth", mode="before")
@@ -116,9 +117,9 @@ class Network(BaseModel):
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             else:
-                raise TypeError(f"depth: must be an integer >= 1, got {v!r}")
+                raise InputError(f"depth: must be an integer >= 1, got {v!r}")
         if v < 1:
-            raise ValueError(f"depth: must be an integer >= 1, got {v}")
+            raise InputError(f"depth: must be an integer >= 1, got {v}")
         return int(v)
 
     @field_validator("K_in", mode="before")
@@ -179,25 +180,25 @@ def network_from_dict(d: dict) -> Network:
     Raises ValueError/TypeError with a one-line message naming the field.
     """
     if not isinstance(d, dict):
-        raise TypeError("config: must be a mapping of field names to values")
+        raise InputError("config: must be a mapping of field names to values")
     unknown = sorted(set(d) - _KNOWN)
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown config field (allowed: {', '.join(sorted(_KNOWN))})")
+        raise InputError(f"{unknown[0]}: unknown config field (allowed: {', '.join(sorted(_KNOWN))})")
     d = dict(d)
     if "inputs" in d:
         if "K_in" in d:
-            raise ValueError("K_in: give either K_in or inputs, not both")
+            raise InputError("K_in: give either K_in or inputs, not both")
         d["K_in"] = input_kernel(d.pop("inputs"), d.pop("C_in", 1.0), d.pop("C_b_in", 0.0))
     else:
         for k in ("C_in", "C_b_in"):
             if k in d:
-                raise ValueError(f"{k}: only allowed together with inputs")
+                raise InputError(f"{k}: only allowed together with inputs")
         if "K_in" not in d:
-            raise ValueError("K_in: required field is missing (give K_in or inputs)")
+            raise InputError("K_in: required field is missing (give K_in or inputs)")
     try:
         return Network(**d)
     except ValidationError as err:
-        raise ValueError(_one_line(err)) from None
+        raise InputError(_one_line(err)) from None
 
 
 def load_config(path: str | Path) -> Network:
@@ -206,10 +207,10 @@ def load_config(path: str | Path) -> Network:
     try:
         text = p.read_text()
     except OSError as err:
-        raise ValueError(f"config: cannot read {str(p)!r}: {err.strerror or err}") from None
+        raise InputError(f"config: cannot read {str(p)!r}: {err.strerror or err}") from None
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"config: {str(p)!r} is not valid TOML: {err}") from None
+        raise InputError(f"config: {str(p)!r} is not valid TOML: {err}") from None
     return network_from_dict(d)
 

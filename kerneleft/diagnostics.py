@@ -31,6 +31,7 @@ from .kernel import S_bar
 from .result import KernelResult
 from .tensors import box, circ
 from .validate import check_int, check_positive
+from .errors import InputError
 from .theory.gonly import coefficients, from_pairs, from_pairs4, solve_gonly, tadpole, to_pairs, to_pairs4
 
 __all__ = ["diagnose", "closure_terms", "TERMS"]
@@ -131,9 +132,9 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
         ensemble = [simulate(net, width=width, samples=int(m), seed=s, method=method, workers=workers,
                              progress=False) for m, s in zip(sizes, _batch_seeds(seed, B))]
     elif len(ensemble) < 2:
-        raise ValueError(f"ensemble: must hold >= 2 independent batches, got {len(ensemble)}")
+        raise InputError(f"ensemble: must hold >= 2 independent batches, got {len(ensemble)}")
     elif any(b.meta.get("width") != width for b in ensemble):
-        raise ValueError(f"ensemble: every batch must be simulated at width {width}")
+        raise InputError(f"ensemble: every batch must be simulated at width {width}")
     per = [closure_terms(net, width, b) for b in ensemble]
     B = len(per)
     mean = {k: np.mean([p[k] for p in per], axis=0) for k in per[0]}

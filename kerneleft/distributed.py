@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .validate import check_int
+from .errors import InputError
 
 __all__ = ["DaskMap", "environment", "require"]
 
@@ -57,7 +58,7 @@ def _call_checked(fn: Callable, expected: dict[str, str], task):
     if found != expected:
         from distributed import get_worker
 
-        raise ValueError(f"scheduler: worker {get_worker().address} has {_fmt(found)} but the client has "
+        raise InputError(f"scheduler: worker {get_worker().address} has {_fmt(found)} but the client has "
                          f"{_fmt(expected)}; bit-identical results need the same versions everywhere")
     return fn(task)
 
@@ -71,7 +72,7 @@ def require(module: str, field: str):
     try:
         return import_module(module)
     except ImportError:
-        raise ValueError(f"{field}: needs the optional dependency {module.split('.')[0]} "
+        raise InputError(f"{field}: needs the optional dependency {module.split('.')[0]} "
                          f"(pip install 'kerneleft[cluster]')") from None
 
 
@@ -81,7 +82,7 @@ def _connect(scheduler, timeout):
     if isinstance(scheduler, Client):
         return scheduler, False
     if not isinstance(scheduler, (str, os.PathLike)) or not str(scheduler).strip():
-        raise TypeError(f"scheduler: must be an address string or a dask.distributed.Client, "
+        raise InputError(f"scheduler: must be an address string or a dask.distributed.Client, "
                         f"got {type(scheduler).__name__}")
     target = str(scheduler).strip()
     kwargs = {"set_as_default": False}
@@ -89,12 +90,12 @@ def _connect(scheduler, timeout):
         kwargs["timeout"] = timeout
     is_file = target.endswith(".json") and "://" not in target
     if is_file and not os.path.isfile(target):
-        raise ValueError(f"scheduler: scheduler file {target!r} does not exist")
+        raise InputError(f"scheduler: scheduler file {target!r} does not exist")
     try:
         return (Client(scheduler_file=target, **kwargs) if is_file else Client(target, **kwargs)), True
     except (OSError, ValueError) as err:   # TimeoutError is an OSError
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"scheduler: cannot connect to {target!r}: {msg}") from None
+        raise InputError(f"scheduler: cannot connect to {target!r}: {msg}") from None
 
 
 class DaskMap:

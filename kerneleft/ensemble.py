@@ -31,6 +31,7 @@ from .kernel import K0_discrete
 from .result import KernelResult
 from .samplers import conditional_paths, weights_paths
 from .validate import check_int, check_positive
+from .errors import InputError
 
 __all__ = ["METHODS", "register_method", "get_method", "default_chunk_size", "Partial", "chunk_statistics",
            "transport_ops", "run_task", "ProcessMap", "statistics", "simulate", "extrapolate_K1"]
@@ -62,10 +63,10 @@ def get_method(name: str) -> PathSampler:
     if name not in METHODS and name in _LAZY_METHODS:
         importlib.import_module(_LAZY_METHODS[name])
         if name not in METHODS:
-            raise ValueError(f"method: {name!r} is not available ({_LAZY_METHODS[name]} did not register it)")
+            raise InputError(f"method: {name!r} is not available ({_LAZY_METHODS[name]} did not register it)")
     if name not in METHODS:
         allowed = ", ".join(sorted(set(METHODS) | set(_LAZY_METHODS)))
-        raise ValueError(f"method: unknown method {name!r} (allowed: {allowed})")
+        raise InputError(f"method: unknown method {name!r} (allowed: {allowed})")
     return METHODS[name]
 
 
@@ -193,7 +194,7 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
     (:class:`kerneleft.distributed.DaskMap`; ``workers`` is then the number of Dask workers to wait for).
     """
     if not isinstance(net, Network):
-        raise TypeError(f"net: must be a kerneleft Network, got {type(net).__name__}")
+        raise InputError(f"net: must be a kerneleft Network, got {type(net).__name__}")
     sampler = get_method(method)
     width = check_int("width", width, 1)
     samples = check_int("samples", samples, 2)
@@ -205,7 +206,7 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
         check_positive("stop_se", stop_se)
     if scheduler is not None:
         if map is not None:
-            raise ValueError("scheduler: give either map or scheduler, not both")
+            raise InputError("scheduler: give either map or scheduler, not both")
         from .distributed import DaskMap
 
         with DaskMap(scheduler, min_workers=workers) as dask_map:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .result import KernelResult
+from .errors import InputError
 
 __all__ = ["Moments", "merge", "pair_index", "drift_control_variate", "extrapolate_K1"]
 
@@ -114,7 +115,7 @@ def extrapolate_K1(results) -> KernelResult:
     results = list(results)
     widths = np.array([r.meta["width"] for r in results], dtype=float)
     if len(np.unique(widths)) < 2:
-        raise ValueError(f"results: need >= 2 distinct widths, got {widths.tolist()}")
+        raise InputError(f"results: need >= 2 distinct widths, got {widths.tolist()}")
     y = np.stack([r["K1"] for r in results])                    # (m, L+1, P, P)
     se = np.stack([r.se["K1"] for r in results])
     exact = np.all(se == 0, axis=0)

@@ -37,6 +37,7 @@ import numpy as np
 
 from . import _gauss_closed, _gauss_quad
 from .activations import REGISTRY, Activation, get_activation
+from .errors import InputError
 
 __all__ = ["pair_moments", "diag_moments", "F", "jacobian", "hessian", "DF", "D2F", "derivative_moment"]
 
@@ -48,18 +49,18 @@ def _order(order) -> int:
     try:
         o = operator.index(order)
     except TypeError:
-        raise TypeError(f"order: must be an integer >= 0, got {type(order).__name__}") from None
+        raise InputError(f"order: must be an integer >= 0, got {type(order).__name__}") from None
     if o < 0:
-        raise ValueError(f"order: must be an integer >= 0, got {o}")
+        raise InputError(f"order: must be an integer >= 0, got {o}")
     return o
 
 
 def _variance(name, k):
     k = np.asarray(k, dtype=float)
     if not np.all(np.isfinite(k)):
-        raise ValueError(f"{name}: contains NaN or inf")
+        raise InputError(f"{name}: contains NaN or inf")
     if np.any(k < 0):
-        raise ValueError(f"{name}: variances must be >= 0, got min {k.min():.3g}")
+        raise InputError(f"{name}: variances must be >= 0, got min {k.min():.3g}")
     return k
 
 
@@ -68,7 +69,7 @@ def _block(k11, k22, k12):
     k11, k22 = _variance("k11", k11), _variance("k22", k22)
     k12 = np.asarray(k12, dtype=float)
     if not np.all(np.isfinite(k12)):
-        raise ValueError("k12: contains NaN or inf")
+        raise InputError("k12: contains NaN or inf")
     k11, k22, k12 = np.broadcast_arrays(k11, k22, k12)
     return k11, k22, _clip_psd("k12", k11, k22, k12)
 
@@ -76,7 +77,7 @@ def _block(k11, k22, k12):
 def _clip_psd(name, k11, k22, k12):
     s = np.sqrt(k11 * k22)
     if np.any(np.abs(k12) > s * (1 + _PSD_SLACK) + 1e-300):
-        raise ValueError(f"{name}: not positive semi-definite (|K_ab| > sqrt(K_aa K_bb) for some pair a, b)")
+        raise InputError(f"{name}: not positive semi-definite (|K_ab| > sqrt(K_aa K_bb) for some pair a, b)")
     return np.clip(k12, -s, s)
 
 
@@ -84,11 +85,11 @@ def _kernel(K):
     """Validate K (..., P, P): shape, finite, variances >= 0 (2x2 blocks are checked by :func:`_blocks`)."""
     K = np.asarray(K, dtype=float)
     if K.ndim < 2 or K.shape[-1] != K.shape[-2] or K.shape[-1] == 0:
-        raise ValueError(f"K: must have shape (..., P, P), got {K.shape}")
+        raise InputError(f"K: must have shape (..., P, P), got {K.shape}")
     if not np.all(np.isfinite(K)):
-        raise ValueError("K: contains NaN or inf")
+        raise InputError("K: contains NaN or inf")
     if np.any(np.diagonal(K, axis1=-2, axis2=-1) < 0):
-        raise ValueError("K: variances (diagonal) must be >= 0")
+        raise InputError("K: variances (diagonal) must be >= 0")
     return K
 
 
@@ -101,10 +102,10 @@ def _closed(act: Activation, table):
 # ----------------------------------------------------------------------------------------------- primitives
 def _method(act, table, method):
     if method not in ("auto", "closed", "quadrature"):
-        raise ValueError(f"method: must be 'auto', 'closed' or 'quadrature', got {method!r}")
+        raise InputError(f"method: must be 'auto', 'closed' or 'quadrature', got {method!r}")
     closed = _closed(act, table) if method != "quadrature" else None
     if method == "closed" and closed is None:
-        raise ValueError(f"method: no closed form for activation {act.name!r}")
+        raise InputError(f"method: no closed form for activation {act.name!r}")
     return closed
 
 
@@ -244,7 +245,7 @@ def derivative_moment(act, K, alpha):
     P = K.shape[-1]
     alpha = np.asarray(alpha)
     if alpha.shape != (P,) or not np.issubdtype(alpha.dtype, np.integer) or np.any(alpha < 0):
-        raise ValueError(f"alpha: must be a length-{P} tuple of integers >= 0, got {tuple(np.ravel(alpha))}")
+        raise InputError(f"alpha: must be a length-{P} tuple of integers >= 0, got {tuple(np.ravel(alpha))}")
     supp = np.flatnonzero(alpha)
     if supp.size == 0:
         return F(act, K)

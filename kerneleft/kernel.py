@@ -7,6 +7,7 @@ from scipy.integrate import solve_ivp
 from .config import Network
 from .gaussian import F
 from .result import KernelResult
+from .errors import InputError
 
 __all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel"]
 
@@ -46,6 +47,6 @@ def kernel(net: Network, depth_model: str = "discrete") -> KernelResult:
     elif depth_model == "continuous":
         K0 = K0_continuous(net)
     else:
-        raise ValueError(f"depth_model: must be 'discrete' or 'continuous', got {depth_model!r}")
+        raise InputError(f"depth_model: must be 'discrete' or 'continuous', got {depth_model!r}")
     return KernelResult(net.t, {"K0": K0}, meta={"kind": "kernel", "depth_model": depth_model,
                                                  "config": net.to_dict()})

@@ -46,6 +46,7 @@ from .tensors import circ
 from .theory import solve
 from .theory.gonly import coefficients, from_pairs, tadpole, to_pairs4
 from .validate import check_int, check_positive
+from .errors import InputError
 
 __all__ = ["reproduce", "default_network", "resolve_network", "PLANS", "ResultCache", "combine_batches",
            "extrapolate_width", "zscore", "relative_error", "FIGURES"]
@@ -95,7 +96,7 @@ def resolve_network(config) -> tuple[Network, str]:
         return network_from_dict(dict(config)), "mapping"
     if isinstance(config, (str, os.PathLike)):
         return load_config(config), str(config)
-    raise TypeError(f"config: must be None, a TOML path, a mapping or a Network, got {type(config).__name__}")
+    raise InputError(f"config: must be None, a TOML path, a mapping or a Network, got {type(config).__name__}")
 
 
 def _plan(quick: bool, sizes: Mapping | None) -> dict[str, Any]:
@@ -104,22 +105,22 @@ def _plan(quick: bool, sizes: Mapping | None) -> dict[str, Any]:
     if sizes:
         unknown = sorted(set(sizes) - set(plan))
         if unknown:
-            raise ValueError(f"sizes.{unknown[0]}: unknown key (allowed: {', '.join(sorted(plan))})")
+            raise InputError(f"sizes.{unknown[0]}: unknown key (allowed: {', '.join(sorted(plan))})")
         plan.update(sizes)
     widths = plan["widths"]
     if (not isinstance(widths, Sequence) or len(widths) < 2 or len(set(widths)) != len(widths)
             or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in widths)):
-        raise ValueError(f"sizes.widths: must be >= 2 distinct integers >= 1, got {widths!r}")
+        raise InputError(f"sizes.widths: must be >= 2 distinct integers >= 1, got {widths!r}")
     widths = tuple(sorted(int(w) for w in widths))
     B = plan["batches"]
     check_int("sizes.batches", B, 2)
     samples = plan["samples"]
     samples = (samples,) * len(widths) if isinstance(samples, (int, np.integer)) else tuple(samples)
     if len(samples) != len(widths) or any(int(s) < 2 * B or int(s) % B for s in samples):
-        raise ValueError(f"sizes.samples: must be one or {len(widths)} multiples of batches={B} that are "
+        raise InputError(f"sizes.samples: must be one or {len(widths)} multiples of batches={B} that are "
                          f">= {2 * B}, got {plan['samples']!r}")
     if plan["diag_width"] not in widths:
-        raise ValueError(f"sizes.diag_width: must be one of the widths {list(widths)}, got {plan['diag_width']!r}")
+        raise InputError(f"sizes.diag_width: must be one of the widths {list(widths)}, got {plan['diag_width']!r}")
     return {"widths": widths, "samples": tuple(int(s) for s in samples), "batches": int(B),
             "diag_width": int(plan["diag_width"])}
 
@@ -204,7 +205,7 @@ def extrapolate_width(widths: Sequence[int], values: Sequence[np.ndarray], ses: 
     """
     m = len(widths)
     if m < degree + 1:
-        raise ValueError(f"widths: need >= {degree + 1} widths for degree {degree}, got {m}")
+        raise InputError(f"widths: need >= {degree + 1} widths for degree {degree}, got {m}")
     y, s = np.stack(values), np.stack(ses)
     exact = np.all(s == 0, axis=0)
     wt = np.where(exact, 1.0, 1.0 / np.where(s > 0, s, np.inf) ** 2)

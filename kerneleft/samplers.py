@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import Network
 from .validate import check_int, check_positive
+from .errors import InputError
 
 __all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step"]
 
@@ -115,7 +116,7 @@ def _gram_factor(G: np.ndarray, width: int) -> np.ndarray:
     P = G.shape[-1]
     lam = np.clip(lam, 0.0, None)
     if np.any(lam[..., : P - width] > 1e-10 * np.max(lam, axis=-1, keepdims=True)):
-        raise ValueError(f"G: rank must be <= width = {width} when width < P (G is a Gram of n vectors)")
+        raise InputError(f"G: rank must be <= width = {width} when width < P (G is a Gram of n vectors)")
     top_lam, top_U = lam[..., P - width:], U[..., P - width:]
     return np.sqrt(top_lam)[..., :, None] * top_U.swapaxes(-1, -2)
 
@@ -132,7 +133,7 @@ def block_law_step(rng: np.random.Generator, G: np.ndarray, S: np.ndarray, width
     check_positive("eps", eps)
     G, S = np.asarray(G, dtype=float), np.asarray(S, dtype=float)
     if G.shape != S.shape or G.ndim < 2 or G.shape[-1] != G.shape[-2]:
-        raise ValueError(f"G: shape {G.shape} must equal S shape {S.shape} and end in (P, P)")
+        raise InputError(f"G: shape {G.shape} must equal S shape {S.shape} and end in (P, P)")
     P, shape, n = G.shape[-1], G.shape[:-2], int(width)
     A = psd_factor(S)
     At = A.swapaxes(-1, -2)

@@ -43,6 +43,7 @@ from .ensemble import default_chunk_size, get_method, simulate
 from .result import KernelResult, write_json
 from .theory import CLOSURES, solve
 from .validate import check_int
+from .errors import InputError
 
 __all__ = ["Cell", "Sweep", "SweepSummary", "parse_sweep", "load_sweep", "run_sweep", "cell_columns", "COLUMNS"]
 
@@ -146,22 +147,22 @@ def _as_list(loc: str, v) -> list:
     if isinstance(v, str):
         return [v]
     if not isinstance(v, list) or not v:
-        raise ValueError(f"{loc}: must be a non-empty list, got {v!r}")
+        raise InputError(f"{loc}: must be a non-empty list, got {v!r}")
     return v
 
 
 def _parse_axes(axes) -> dict:
     if not isinstance(axes, dict):
-        raise ValueError("axes: must be a table of name = [values, ...]")
+        raise InputError("axes: must be a table of name = [values, ...]")
     out = {}
     for name, values in axes.items():
         if not isinstance(values, list) or not values:
-            raise ValueError(f"axes.{name}: must be a non-empty list of values, got {values!r}")
+            raise InputError(f"axes.{name}: must be a non-empty list of values, got {values!r}")
         seen = set()
         for v in values:
             c = _canonical(v)
             if c in seen:
-                raise ValueError(f"axes.{name}: duplicate value {v!r}")
+                raise InputError(f"axes.{name}: duplicate value {v!r}")
             seen.add(c)
         out[name] = values
     return out
@@ -169,25 +170,25 @@ def _parse_axes(axes) -> dict:
 
 def _parse_theory(theory) -> dict:
     if not isinstance(theory, dict):
-        raise ValueError("theory: must be a table")
+        raise InputError("theory: must be a table")
     unknown = sorted(set(theory) - {"closures", "depth_model", *CLOSURES})
     if unknown:
-        raise ValueError(f"theory.{unknown[0]}: unknown key (allowed: closures, depth_model, {', '.join(CLOSURES)})")
+        raise InputError(f"theory.{unknown[0]}: unknown key (allowed: closures, depth_model, {', '.join(CLOSURES)})")
     if "closures" not in theory:
-        raise ValueError("theory.closures: required field is missing (e.g. closures = [\"g-only\"])")
+        raise InputError("theory.closures: required field is missing (e.g. closures = [\"g-only\"])")
     closures = _as_list("theory.closures", theory["closures"])
     for c in closures:
         if c not in CLOSURES:
-            raise ValueError(f"theory.closures: must be among {', '.join(CLOSURES)}, got {c!r}")
+            raise InputError(f"theory.closures: must be among {', '.join(CLOSURES)}, got {c!r}")
     models = _as_list("theory.depth_model", theory.get("depth_model", "continuous"))
     for m in models:
         if m not in _DEPTH_MODELS:
-            raise ValueError(f"theory.depth_model: must be 'continuous' or 'discrete', got {m!r}")
+            raise InputError(f"theory.depth_model: must be 'continuous' or 'discrete', got {m!r}")
     options = {}
     for c in closures:
         opts = theory.get(c, {})
         if not isinstance(opts, dict):
-            raise ValueError(f"theory.{c}: must be a table of solver options")
+            raise InputError(f"theory.{c}: must be a table of solver options")
         options[c] = opts
     return {"closures": list(dict.fromkeys(closures)), "depth_model": list(dict.fromkeys(models)),
             "options": options}
@@ -198,11 +199,11 @@ def _check_solver_options(net: Network, closure: str, depth_model: str, opts: di
     try:
         solver = getattr(import_module(module), name)
     except ImportError as err:
-        raise ValueError(f"theory.closures: closure {closure!r} is not available ({err})") from None
+        raise InputError(f"theory.closures: closure {closure!r} is not available ({err})") from None
     try:
         inspect.signature(solver).bind(net, depth_model=depth_model, **opts)
     except TypeError as err:
-        raise ValueError(f"theory.{closure}: bad solver options {sorted(opts)} ({err})") from None
+        raise InputError(f"theory.{closure}: bad solver options {sorted(opts)} ({err})") from None
 
 
 def parse_sweep(spec: dict, base_dir: str | Path = ".") -> Sweep:
@@ -211,40 +212,40 @@ def parse_sweep(spec: dict, base_dir: str | Path = ".") -> Sweep:
     Raises ValueError/TypeError with one line naming the field (``axes.width: ...``).
     """
     if not isinstance(spec, dict):
-        raise TypeError("sweep: must be a mapping")
+        raise InputError("sweep: must be a mapping")
     unknown = sorted(set(spec) - {"base", "axes", "ensemble", "theory"})
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown sweep table (allowed: base, axes, ensemble, theory)")
+        raise InputError(f"{unknown[0]}: unknown sweep table (allowed: base, axes, ensemble, theory)")
     base = spec.get("base")
     if isinstance(base, str):
         path = Path(base_dir) / base
         try:
             base = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as err:
-            raise ValueError(f"base: cannot read config {str(path)!r}: {err}") from None
+            raise InputError(f"base: cannot read config {str(path)!r}: {err}") from None
     if not isinstance(base, dict):
-        raise ValueError("base: required table (the INTERFACE.md config fields) or a config file name")
+        raise InputError("base: required table (the INTERFACE.md config fields) or a config file name")
     axes = _parse_axes(spec.get("axes", {}))
     ens, theory = spec.get("ensemble"), spec.get("theory")
     if ens is None and theory is None:
-        raise ValueError("ensemble: a sweep needs an [ensemble] table, a [theory] table, or both")
+        raise InputError("ensemble: a sweep needs an [ensemble] table, a [theory] table, or both")
     if ens is not None:
         if not isinstance(ens, dict):
-            raise ValueError("ensemble: must be a table")
+            raise InputError("ensemble: must be a table")
         for k in ens:
             if k not in (*ENSEMBLE_SETTINGS, "chunks_per_task"):
-                raise ValueError(f"ensemble.{k}: unknown setting (allowed: {', '.join(ENSEMBLE_SETTINGS)}, "
+                raise InputError(f"ensemble.{k}: unknown setting (allowed: {', '.join(ENSEMBLE_SETTINGS)}, "
                                  f"chunks_per_task)")
         if "chunks_per_task" in ens:
             check_int("ensemble.chunks_per_task", ens["chunks_per_task"], 1)
         ens = {**_ENSEMBLE_DEFAULTS, **ens}
         for k in ENSEMBLE_SETTINGS:
             if k not in ens and k not in axes:
-                raise ValueError(f"ensemble.{k}: required (give it in [ensemble] or as a list in [axes])")
+                raise InputError(f"ensemble.{k}: required (give it in [ensemble] or as a list in [axes])")
     else:
         for k in ENSEMBLE_SETTINGS:
             if k in axes:
-                raise ValueError(f"axes.{k}: ensemble setting, but the sweep has no [ensemble] table")
+                raise InputError(f"axes.{k}: ensemble setting, but the sweep has no [ensemble] table")
     theory = None if theory is None else _parse_theory(theory)
     cells = _expand(base, axes, ens, theory)
     return Sweep(base, axes, ens, theory, tuple(cells))
@@ -263,7 +264,7 @@ def _ensemble_params(ens: dict, axes: dict, point: dict, net: Network) -> dict:
     p = {k: point.get(k, ens.get(k)) for k in ENSEMBLE_SETTINGS}
     loc = {k: "axes" if k in point else "ensemble" for k in ENSEMBLE_SETTINGS}
     if not isinstance(p["method"], str):
-        raise ValueError(f"{loc['method']}.method: must be a method name, got {p['method']!r}")
+        raise InputError(f"{loc['method']}.method: must be a method name, got {p['method']!r}")
     try:
         get_method(p["method"])
     except ValueError as err:
@@ -309,9 +310,9 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         spec = tomllib.loads(p.read_text())
     except OSError as err:
-        raise ValueError(f"sweep: cannot read {str(p)!r}: {err.strerror or err}") from None
+        raise InputError(f"sweep: cannot read {str(p)!r}: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"sweep: {str(p)!r} is not valid TOML: {err}") from None
+        raise InputError(f"sweep: {str(p)!r} is not valid TOML: {err}") from None
     return parse_sweep(spec, p.parent)
 
 

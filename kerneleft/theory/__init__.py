@@ -11,6 +11,7 @@ import numpy as np
 
 from ..config import Network
 from ..result import KernelResult
+from ..errors import InputError
 
 __all__ = ["solve", "CLOSURES", "distinct_inputs"]
 
@@ -43,7 +44,7 @@ def _solve_distinct(net: Network, closure: str, depth_model: str, **opts) -> Ker
         return solve_gonly(net, depth_model=depth_model, **opts)
     from .sigma import solve_sigma
     if np.linalg.eigvalsh(net.K_in)[0] <= 1e-12 * np.trace(net.K_in):
-        raise ValueError("K_in: the sigma theory needs linearly independent inputs (identical inputs are merged "
+        raise InputError("K_in: the sigma theory needs linearly independent inputs (identical inputs are merged "
                          "automatically; other singular input kernels are not supported)")
     return solve_sigma(net, depth_model=depth_model, **opts)
 
@@ -51,7 +52,7 @@ def _solve_distinct(net: Network, closure: str, depth_model: str, **opts) -> Ker
 def solve(net: Network, closure: str, depth_model: str = "continuous", **opts) -> KernelResult:
     """Solve the theory named by ``closure`` ("g-only" §5 or "sigma" §6); ``opts`` go to the solver."""
     if closure not in CLOSURES:
-        raise ValueError(f"closure: must be one of {', '.join(CLOSURES)}, got {closure!r}")
+        raise InputError(f"closure: must be one of {', '.join(CLOSURES)}, got {closure!r}")
     rep = distinct_inputs(net.K_in)
     if rep.max() + 1 == net.P:
         return _solve_distinct(net, closure, depth_model, **opts)

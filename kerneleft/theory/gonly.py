@@ -33,6 +33,7 @@ from ..result import KernelResult
 from ..samplers import block_law_step
 from ..tensors import box, circ
 from ..validate import check_positive
+from ..errors import InputError
 
 __all__ = ["solve_gonly", "gonly_chain", "Coefficients", "coefficients", "tadpole", "to_pairs", "from_pairs",
            "to_pairs4", "from_pairs4"]
@@ -271,7 +272,7 @@ def solve_gonly(net: Network, depth_model: str = "continuous", rtol: float = 1e-
     elif depth_model == "discrete":
         K0, V, k1 = _discrete(net)
     else:
-        raise ValueError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
+        raise InputError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
     meta["seconds"] = time.perf_counter() - t0
     return KernelResult(net.t, {"K0": K0, "V4": from_pairs4(V, net.P), "K1": from_pairs(k1, net.P)}, meta=meta)
 

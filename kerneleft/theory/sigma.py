@@ -47,6 +47,7 @@ from . import _sigma_grid, _sigma_hermite
 from ._sigma_march import layer_node, march
 from ..validate import check_int, check_positive
 from .gonly import from_pairs, from_pairs4, to_pairs4
+from ..errors import InputError
 
 __all__ = ["solve_sigma", "TimeGrid", "time_grid", "Pairings", "grid_pairings", "hermite_pairings", "collective",
            "assemble"]
@@ -167,7 +168,7 @@ def _degrees(degree) -> list[int]:
         return [2]
     if isinstance(degree, (int, np.integer)) and not isinstance(degree, bool) and degree >= 1:
         return list(range(1, int(degree) + 1))
-    raise ValueError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {degree!r}")
+    raise InputError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {degree!r}")
 
 
 def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", tol: float = 1e-3, *,
@@ -183,7 +184,7 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
     last refinement; None for a fixed truncation), converged, levels (auto history), seconds.
     """
     if depth_model not in ("continuous", "discrete"):
-        raise ValueError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
+        raise InputError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
     check_positive("tol", tol)
     s0 = check_int("substeps", substeps, 1) if substeps is not None else -(-_MIN_STEPS // net.depth)
     max_levels = check_int("max_levels", max_levels, 1)
@@ -197,7 +198,7 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
                     error_estimate=None)
     else:
         if net.P > _sigma_grid.MAX_P:
-            raise ValueError(f"K_in: degree='auto' supports P <= {_sigma_grid.MAX_P} inputs, got P = {net.P} "
+            raise InputError(f"K_in: degree='auto' supports P <= {_sigma_grid.MAX_P} inputs, got P = {net.P} "
                              "(use an integer degree)")
         n = check_int("grid", grid, 1) if grid is not None else _GRID0[net.P]
         levels, arrays, err, tg = [], None, None, None
