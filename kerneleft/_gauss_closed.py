@@ -1,7 +1,7 @@
 """Closed-form Gaussian moments (THEORY §4) for linear, relu (arc-cosine), erf (arcsine) and sin, all orders.
 
-``PAIR[name](k11, k22, k12, order) -> M[..., i, j] = E[φ^(i)(u) φ^(j)(v)]``, (u, v) ~ N(0, [[k11, k12], [k12, k22]]),
-zero for i + j > order; ``DIAG[name](k, order) -> E[(φ²)^(m)(u)]``, u ~ N(0, k). Shapes: k's broadcast to S,
+``pair_<name>(k11, k22, k12, order) -> M[..., i, j] = E[φ^(i)(u) φ^(j)(v)]``, (u, v) ~ N(0, [[k11, k12], [k12, k22]]),
+zero for i + j > order; ``diag_<name>(k, order) -> E[(φ²)^(m)(u)]``, u ~ N(0, k). Shapes: k's broadcast to S,
 outputs (*S, order+1, order+1) and (*S, order+1).
 
 relu derivatives are distributions (relu' = Θ, relu'' = δ, ...): E[δ^(p)(u) h(v)] = (−1)^p ∂_u^p[N(u; k11) E[h(v)|u]]
@@ -17,7 +17,8 @@ import math
 import numpy as np
 from scipy import special
 
-__all__ = ["PAIR", "DIAG", "bivariate_origin_hermite"]
+__all__ = ["pair_linear", "diag_linear", "pair_relu", "diag_relu", "pair_erf", "diag_erf", "pair_sin", "diag_sin",
+           "bivariate_origin_hermite"]
 
 _PHI0 = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -132,10 +133,14 @@ def _relu_series(order):
     return psi, Phi
 
 
-def _delta_times(k11, k22, k12, order, h):
-    """E[δ^(p)(u) h(v)] for p = 0..order, h = relu (0) or Θ (1): (−1)^p p! [u^p] N(u; k11) E[h(v) | u]."""
-    beta = np.where(k11 > 0, k12 / np.where(k11 > 0, k11, 1.0), 0.0)
-    sigma = np.sqrt(np.maximum(k22 - beta * k12, 0.0))
+def _delta_times(k11, k22, k12, det, order, h):
+    """E[δ^(p)(u) h(v)] for p = 0..order, h = relu (0) or Θ (1): (−1)^p p! [u^p] N(u; k11) E[h(v) | u].
+
+    The conditional variance of v given u is det/k11 (not k22 − βk12, which cancels near |ρ| = 1).
+    """
+    pos = k11 > 0
+    beta = np.where(pos, k12 / np.where(pos, k11, 1.0), 0.0)
+    sigma = np.sqrt(np.where(pos, det / np.where(pos, k11, 1.0), k22))
     psi, Phi = _relu_series(order)
     m = _scaled_series(psi, beta, sigma, 1) if h == 0 else _scaled_series(Phi, beta, sigma, 0)
     g = _gauss_taylor(k11, order)
@@ -146,9 +151,8 @@ def _delta_times(k11, k22, k12, order, h):
     return (-1.0) ** p * special.factorial(p) * prod
 
 
-def _delta_delta(k11, k22, k12, order):
+def _delta_delta(k11, k22, k12, det, order):
     """E[δ^(p)(u) δ^(q)(v)] = H_pq(0; K) N(0; K), computed with adj(K) to get the exact ±inf at det K = 0."""
-    det = np.maximum(k11 * k22 - k12 * k12, 0.0)
     H = bivariate_origin_hermite(k22, k11, -k12, order)           # Q = adj(K)/det, H homogeneous of degree (p+q)/2
     p, q = np.indices((order + 1, order + 1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -156,26 +160,59 @@ def _delta_delta(k11, k22, k12, order):
         return np.where(H == 0.0, 0.0, H * scale)
 
 
+def _two_product(a, b):
+    """(p, e) with p = fl(a·b) and p + e = a·b exactly (Dekker/Veltkamp); e = 0 where the split would overflow."""
+    def split(x):
+        c = 134217729.0 * x                            # 2^27 + 1
+        hi = c - (c - x)
+        return hi, x - hi
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = a * b
+        (ah, al), (bh, bl) = split(a), split(b)
+        e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, np.where(np.isfinite(e), e, 0.0)
+
+
+def block_det(k11, k22, k12):
+    """det = k11·k22 − k12² >= 0 of the floating-point entries to a few ulp of det itself (not of k11·k22).
+
+    Near a degenerate block (|ρ| -> 1) the naive difference loses all digits of det; relu's derivative moments
+    scale like det^(−1/2) and must cancel in contractions, so every relu formula takes this one det
+    (docs/numerics.md#ill-conditioned).
+    """
+    p1, e1 = _two_product(k11, k22)
+    p2, e2 = _two_product(k12, k12)
+    return np.maximum((p1 - p2) + (e1 - e2), 0.0)
+
+
 def pair_relu(k11, k22, k12, order):
-    """Arc-cosine kernel and all distributional derivatives (relu^(i) = relu, Θ, δ, δ', ...)."""
+    """Arc-cosine kernel and all distributional derivatives (relu^(i) = relu, Θ, δ, δ', ...).
+
+    Written in det = k11k22 − k12² (:func:`block_det`), √det = s·sin θ and θ = atan2(√det, k12), so that every
+    entry is accurate relative to itself as |ρ| -> 1 (no 1 − ρ or arccos ρ cancellations).
+    """
     k11, k22, k12 = _broadcast(k11, k22, k12)
-    s = np.sqrt(k11 * k22)
-    rho = np.clip(np.divide(k12, s, out=np.zeros_like(s), where=s > 0), -1.0, 1.0)
-    theta = np.arccos(rho)
+    s = np.sqrt(k11) * np.sqrt(k22) if max(k11.max(initial=0.0), k22.max(initial=0.0)) > 1e150 else np.sqrt(k11 * k22)
+    det = block_det(k11, k22, k12)
+    c = np.sqrt(det)
+    theta = np.where(s > 0, np.arctan2(c, k12), 0.5 * np.pi)
+    one_plus_rho = np.divide(np.where(k12 >= 0, s + k12, det / np.where(s > k12, s - k12, 1.0)), s,
+                             out=np.ones_like(s), where=s > 0)
     M = _empty(k12.shape, order)
-    M[..., 0, 0] = s / (2 * np.pi) * (np.sin(theta) + (np.pi - theta) * rho)
+    M[..., 0, 0] = (c + (np.pi - theta) * k12) / (2 * np.pi)
     if order >= 1:                                     # E[relu(u) Θ(v)] = √k11 (1 + ρ) / (2√(2π))
-        M[..., 0, 1] = np.sqrt(k11) * (1 + rho) * 0.5 * _PHI0
-        M[..., 1, 0] = np.sqrt(k22) * (1 + rho) * 0.5 * _PHI0
+        M[..., 0, 1] = np.sqrt(k11) * one_plus_rho * 0.5 * _PHI0
+        M[..., 1, 0] = np.sqrt(k22) * one_plus_rho * 0.5 * _PHI0
     if order >= 2:
         M[..., 1, 1] = (np.pi - theta) / (2 * np.pi)
         for h in (0, 1):                               # i >= 2 against relu / Θ, and the mirror image
             n = order - 2 - h
             if n >= 0:
-                M[..., 2: 3 + n, h] = _delta_times(k11, k22, k12, n, h)
-                M[..., h, 2: 3 + n] = _delta_times(k22, k11, k12, n, h)
+                M[..., 2: 3 + n, h] = _delta_times(k11, k22, k12, det, n, h)
+                M[..., h, 2: 3 + n] = _delta_times(k22, k11, k12, det, n, h)
     if order >= 4:
-        M[..., 2:order - 1, 2:order - 1] = _delta_delta(k11, k22, k12, order - 4)
+        M[..., 2:order - 1, 2:order - 1] = _delta_delta(k11, k22, k12, det, order - 4)
     return _mask(M, order)
 
 
@@ -235,5 +272,4 @@ def _diag_from_pair(pair):
     return diag
 
 
-PAIR = {"linear": pair_linear, "relu": pair_relu, "erf": pair_erf, "sin": pair_sin}
-DIAG = {"linear": diag_linear, "relu": diag_relu, "erf": _diag_from_pair(pair_erf), "sin": diag_sin}
+diag_erf = _diag_from_pair(pair_erf)

@@ -13,8 +13,9 @@ moments of tanh at ~1e-14 where either extreme loses 4–10 digits. ρ = ±1 (σ
 
 Nodes: Gauss–Legendre on [−Y, Y] mapped by y = y* + ε sinh(t), clustering nodes at φ's transition (y* = −m/σ1
 on the inner axis, 0 on the outer axis) on the scale ε = δ/(coefficient), δ ≈ the distance of φ's nearest complex
-singularity (π/2 tanh, π silu/softplus; fitted by measurement for erf/gelu). tanh(σx) with σ² = 50 (nearly a
-step) is then exact to ~1e-13 with 64 nodes. Oscillatory φ (sin, δ = ∞) use an almost uniform map and ~16√k nodes.
+singularity (π/2 tanh, π silu/softplus; fitted by measurement for erf/gelu), set in each activation record's
+``profile``. tanh(σx) with σ² = 50 (nearly a step) is then exact to ~1e-13 with 64 nodes. Oscillatory φ (sin,
+δ = ∞) use an almost uniform map and ~16√k nodes.
 Derivatives come from exact Taylor-mode recurrences (``derivs``); a user callable without them uses q = i only.
 The returned error is the rounding bound ε_mach·n·E|integrand| of the chosen estimates (not the truncation
 error, which the node counts keep below it for the registered activations — see tests/test_gaussian.py).
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.polynomial.legendre import leggauss
 
-__all__ = ["Profile", "profile_for", "pair_moments", "diag_moments", "sinh_rule"]
+__all__ = ["Profile", "pair_moments", "diag_moments", "sinh_rule"]
 
 _EPS = np.finfo(float).eps
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -37,20 +38,12 @@ _CHUNK = 2 ** 21                       # max (nodes x orders) held at once: memo
 
 @dataclass(frozen=True)
 class Profile:
-    """Quadrature profile: ``delta`` transition scale of φ, ``cap`` largest ε, ``n`` nodes per axis at order 0."""
+    """Quadrature profile (one per activation record): ``delta`` transition scale of φ, ``cap`` largest ε, ``n``
+    nodes per axis at order 0. The default (δ = 1) serves user callables."""
 
     delta: float = 1.0
     cap: float = 1.0
     n: int = 64
-
-
-_PROFILES = {"tanh": Profile(math.pi / 2), "erf": Profile(1.5), "gelu": Profile(2.0), "silu": Profile(math.pi),
-             "softplus": Profile(math.pi), "sin": Profile(math.inf, 3.0, 96)}
-
-
-def profile_for(name: str) -> Profile:
-    """The profile of a registered smooth activation; user callables get the default (δ = 1)."""
-    return _PROFILES.get(name, Profile())
 
 
 def _grid(order: int, prof: Profile, kmax: float) -> tuple[int, float]:

@@ -4,6 +4,14 @@ Each function maps x (any shape) to D[m, ...] = φ^(m)(x), shape (order+1, *x.sh
 Taylor-mode recurrences for the normalised Taylor coefficients y_k = φ^(k)(x)/k! (never finite differences):
 tanh' = 1 − tanh², σ' = σ(1 − σ), Φ^(k) = (−1)^(k−1) He_(k−1) φ, gelu = xΦ, silu = xσ, softplus' = σ,
 erf(x) = 2Φ(√2 x) − 1, sin^(k)(x) = sin(x + kπ/2).
+
+Series arithmetic, for declaring a new smooth φ without writing a recurrence: a *series* is the array
+(order+1, ...) of normalised Taylor coefficients of a function of s at s = 0; :func:`variable` is t = x + s,
+``+``/scalar ``*`` act on arrays, :func:`product` multiplies, :func:`compose_tanh`, :func:`compose_sigmoid`,
+:func:`compose_softplus`, :func:`compose_exp` apply an outer function (chain rule in Taylor mode: h = f∘a with
+f' = R(f) gives (k+1) h_(k+1) = Σ_j (j+1) a_(j+1) R(h)_(k−j)), and :func:`taylor_derivs` turns an expression
+into ``derivs``. Example: mish = x·tanh(softplus(x)) is ``taylor_derivs(lambda t: product(t, compose_tanh(
+compose_softplus(t))))``. The registered activations keep their hand-written recurrences (faster, same numbers).
 """
 from __future__ import annotations
 
@@ -12,7 +20,8 @@ import math
 import numpy as np
 from scipy import special
 
-__all__ = ["DERIVATIVES"]
+__all__ = ["d_linear", "d_tanh", "d_erf", "d_gelu", "d_silu", "d_softplus", "d_sin", "variable", "product",
+           "compose_tanh", "compose_sigmoid", "compose_softplus", "compose_exp", "taylor_derivs"]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -125,5 +134,76 @@ def d_sin(x, order):
     return np.stack([(s, c, -s, -c)[m % 4] for m in range(order + 1)])
 
 
-DERIVATIVES = {"linear": d_linear, "tanh": d_tanh, "erf": d_erf, "gelu": d_gelu, "silu": d_silu,
-               "softplus": d_softplus, "sin": d_sin}
+# ----------------------------------------------------------------------------------------- series arithmetic
+def variable(x, order: int) -> np.ndarray:
+    """The series of t = x + s: coefficients (x, 1, 0, ..., 0), shape (order+1, *x.shape)."""
+    x = np.asarray(x, dtype=float)
+    t = np.zeros((order + 1,) + x.shape)
+    t[0] = x
+    if order >= 1:
+        t[1] = 1.0
+    return t
+
+
+def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The series of a·b (Cauchy product, truncated at the common order)."""
+    out = np.empty(np.broadcast_shapes(a.shape, b.shape))
+    for k in range(out.shape[0]):
+        out[k] = np.sum(a[: k + 1] * b[k::-1], axis=0)
+    return out
+
+
+def _chain(a: np.ndarray, h0, r0, rate) -> np.ndarray:
+    """The series of h = f∘a where f' = R(f): (k+1) h_(k+1) = Σ_(j<=k) (j+1) a_(j+1) r_(k−j), r = R(h).
+
+    h0 = f(a_0) and r0 = f'(a_0) are passed in (computed stably by the caller); ``rate(h, k)`` gives r_k, k >= 1,
+    from h_0..h_k. a (order+1, ...) -> (order+1, ...).
+    """
+    order = a.shape[0] - 1
+    h, r = np.empty_like(a), np.empty_like(a)
+    h[0] = h0
+    da = a[1:] * np.arange(1.0, order + 1).reshape((-1,) + (1,) * (a.ndim - 1))          # (j+1) a_(j+1)
+    for k in range(order):
+        r[k] = r0 if k == 0 else rate(h, k)
+        h[k + 1] = np.sum(da[: k + 1] * r[k::-1], axis=0) / (k + 1)
+    return h
+
+
+def _square_coefficient(h: np.ndarray, k: int) -> np.ndarray:
+    """[s^k] h² from h_0..h_k."""
+    return np.sum(h[: k + 1] * h[k::-1], axis=0)
+
+
+def compose_tanh(a: np.ndarray) -> np.ndarray:
+    """The series of tanh(a): tanh' = 1 − tanh² (sech²(a_0) evaluated without cancellation)."""
+    e = np.exp(-2.0 * np.abs(a[0]))
+    return _chain(a, np.tanh(a[0]), 4.0 * e / (1.0 + e) ** 2, lambda h, k: -_square_coefficient(h, k))
+
+
+def compose_sigmoid(a: np.ndarray) -> np.ndarray:
+    """The series of σ(a) = 1/(1 + e^(−a)): σ' = σ − σ²."""
+    return _chain(a, special.expit(a[0]), special.expit(a[0]) * special.expit(-a[0]),
+                  lambda h, k: h[k] - _square_coefficient(h, k))
+
+
+def compose_softplus(a: np.ndarray) -> np.ndarray:
+    """The series of softplus(a) = log(1 + e^a): softplus' = σ."""
+    s = compose_sigmoid(a)
+    return _chain(a, np.logaddexp(0.0, a[0]), s[0], lambda h, k: s[k])
+
+
+def compose_exp(a: np.ndarray) -> np.ndarray:
+    """The series of exp(a): exp' = exp."""
+    e = np.exp(a[0])
+    return _chain(a, e, e, lambda h, k: h[k])
+
+
+def taylor_derivs(expression):
+    """``derivs(x, order)`` (φ^(m)(x), m = 0..order, stacked on axis 0) of φ given as a series expression.
+
+    ``expression(t)`` maps the series t = :func:`variable` (x, order) to the series of φ(t) using the arithmetic
+    above, e.g. ``lambda t: product(t, compose_tanh(compose_softplus(t)))`` for mish.
+    """
+    def derivs(x, order):
+        return _to_derivatives(expression(variable(x, order)))
+    return derivs

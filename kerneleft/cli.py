@@ -2,17 +2,25 @@
 
 Every command that computes writes one JSON object with ``--json PATH`` and prints a short summary.
 Bad input -> exit code 2 and one line ``error: <field>: <what is wrong>`` on stderr, no traceback.
+Ctrl-C and SIGTERM -> the finished work is written marked ``interrupted``, exit code 130
+(docs/numerics.md#interrupts).
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import warnings
+from contextlib import contextmanager
 
 import click
 import numpy as np
 
 from .config import load_config
+from .estimators import MIN_COV_SAMPLES
 from .result import write_json
-from .validate import check_int, check_positive
+from .validate import (MAX_SEED, check_ensemble_size, check_int, check_output_dir, check_output_file,
+                       check_positive, check_workers)
 from .errors import EXIT_CODES, InputError, Interrupted, KerneleftError
 
 __all__ = ["main", "cli"]
@@ -22,9 +30,35 @@ def _degree(value: str):
     if value in ("auto", "quadratic"):
         return value
     try:
-        return check_int("degree", int(value), 1)
+        degree = int(value)
     except ValueError:
-        raise InputError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {value!r}") from None
+        degree = None
+    if degree is None or degree < 1:
+        raise InputError(f"--degree: must be 'auto', 'quadratic' or an integer >= 1, got {value!r}")
+    return degree
+
+
+def _option(argument: str) -> str:
+    """The option of an API argument: ``chunk_size`` -> ``--chunk-size``."""
+    return "--" + argument.replace("_", "-")
+
+
+def _sweep_location(point: dict):
+    """Name of an ensemble setting of a sweep cell: ``axes.width`` or ``ensemble.width``; ``--workers`` (an option)."""
+    return lambda a: "--workers" if a == "workers" else f"{'axes' if a in point else 'ensemble'}.{a}"
+
+
+@contextmanager
+def _as_options(*arguments: str):
+    """Rename an InputError that the API raises for one of ``arguments`` (which came from options) to the
+    option: ``tol: ...`` -> ``--tol: ...``. Every other exception passes unchanged."""
+    try:
+        yield
+    except InputError as err:
+        field, sep, rest = str(err).partition(":")
+        if not sep or field not in arguments:
+            raise
+        raise InputError(f"{_option(field)}:{rest}") from None
 
 
 def _summary(res, names=("K0",)) -> str:
@@ -33,6 +67,9 @@ def _summary(res, names=("K0",)) -> str:
         if n in res:
             a = np.asarray(res[n])
             lines.append(f"{n}[t=T] = {np.array2string(a[-1], precision=5, max_line_width=120)}")
+    if res.meta.get("error_estimate") is not None:       # sigma: relative change of V4, K1 at the last refinement
+        ref = ", ".join(f"{k} {v}" for k, v in res.meta.get("error_estimate_from", {}).items()) or "the last refinement"
+        lines.append(f"error estimate: {res.meta['error_estimate']:.2g} (relative change of V4, K1 from {ref})")
     return "\n".join(lines)
 
 
@@ -50,6 +87,7 @@ def cli():
 def kernel(config, depth_model, json_out):
     """Infinite-width kernel K0 on the depth grid (THEORY §4)."""
     net = load_config(config)
+    check_output_file("--json", json_out)
     from .kernel import kernel as kernel_api
 
     res = kernel_api(net, depth_model=depth_model)
@@ -76,11 +114,12 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
     net = load_config(config)
     from .theory import solve
 
-    if closure == "sigma":
-        opts = {"degree": _degree(degree), "tol": check_positive("tol", tol)}
-    else:
-        opts = {"rtol": check_positive("rtol", rtol), "atol": check_positive("atol", atol)}
-    res = solve(net, closure=closure, depth_model=depth_model, **opts)
+    opts = {"degree": _degree(degree), "tol": check_positive("--tol", tol),
+            "rtol": check_positive("--rtol", rtol), "atol": check_positive("--atol", atol)}
+    opts = {k: opts[k] for k in (("degree", "tol") if closure == "sigma" else ("rtol", "atol"))}
+    check_output_file("--json", json_out)
+    with _as_options("degree", "tol", "rtol", "atol"):
+        res = solve(net, closure=closure, depth_model=depth_model, **opts)
     write_json(res, json_out)
     click.echo(_summary(res, ("K0", "K1")))
 
@@ -105,14 +144,25 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
 def simulate(config, width, samples, seed, method, workers, scheduler, chunk_size, stop_se, progress, json_out):
     """Exact finite-width ensemble statistics with standard errors (THEORY §2, §7)."""
     net = load_config(config)
-    check_int("width", width, 1)
-    check_int("samples", samples, 2)
-    check_int("workers", workers, 1)
+    check_int("--width", width, 1)
+    check_int("--samples", samples, MIN_COV_SAMPLES, " (standard errors of V4 need 3)")
+    check_int("--seed", seed, 0, maximum=MAX_SEED)
+    check_workers("--workers", workers, local=scheduler is None)
+    if chunk_size is not None:
+        check_int("--chunk-size", chunk_size, 1)
+    if stop_se is not None:
+        check_positive("--stop-se", stop_se)
+    check_ensemble_size(net, method, width, samples, chunk_size, 1 if scheduler else workers, name=_option)
+    check_output_file("--json", json_out)
     from .ensemble import simulate as simulate_api
 
-    res = simulate_api(net, width=width, samples=samples, seed=seed, method=method, workers=workers,
-                       scheduler=scheduler, chunk_size=chunk_size, stop_se=stop_se, progress=progress)
+    with _as_options("width", "samples", "seed", "workers", "method", "chunk_size", "stop_se", "scheduler"):
+        res = simulate_api(net, width=width, samples=samples, seed=seed, method=method, workers=workers,
+                           scheduler=scheduler, chunk_size=chunk_size, stop_se=stop_se, progress=progress)
     write_json(res, json_out)
+    if res.meta["interrupted"]:
+        raise Interrupted(f"simulate: interrupted after {res.meta['samples']} of {samples} networks (whole "
+                          f"chunks); they are in {json_out}, marked interrupted")
     click.echo(_summary(res, ("G_mean", "K1")))
 
 
@@ -132,15 +182,26 @@ def simulate(config, width, samples, seed, method, workers, scheduler, chunk_siz
 def diagnose(config, width, samples, seed, threshold, workers, batches, method, json_out):
     """THEORY §5 diagnostics: each G-only closed term against its exact counterpart."""
     net = load_config(config)
-    check_int("width", width, 1)
-    check_int("samples", samples, 2)
-    check_int("workers", workers, 1)
-    check_positive("threshold", threshold)
-    check_int("batches", batches, 2)
+    check_int("--width", width, 1)
+    check_int("--samples", samples, 2 * MIN_COV_SAMPLES, " (two batches of three)")
+    check_int("--seed", seed, 0, maximum=MAX_SEED)
+    check_positive("--threshold", threshold)
+    check_workers("--workers", workers)
+    check_int("--batches", batches, 2)
+    B = min(batches, samples // MIN_COV_SAMPLES)
+    check_ensemble_size(net, method, width, -(-samples // B), None, workers, batches=B, name=_option)
+    check_output_file("--json", json_out)
     from .diagnostics import diagnose as diagnose_api
 
-    res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, workers=workers,
-                       batches=batches, method=method)
+    try:
+        with _as_options("width", "samples", "seed", "workers", "method", "threshold", "batches"):
+            res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, workers=workers,
+                               batches=batches, method=method)
+    except Interrupted as err:
+        if err.result is None:
+            raise
+        write_json(err.result, json_out)
+        raise Interrupted(f"{err}; written to {json_out}, marked interrupted") from None
     write_json(res, json_out)
     click.echo(_summary(res, ()))
     for k, v in res.meta.get("validity_window", {}).items():
@@ -156,10 +217,18 @@ def diagnose(config, width, samples, seed, threshold, workers, batches, method, 
               help="Local worker processes (with --scheduler: Dask workers to wait for).")
 def sweep(sweep_file, out, scheduler, workers):
     """Grid of ensembles and theory solves -> OUT/results.parquet + OUT/cells/*.json (cached)."""
-    check_int("workers", workers, 1)
-    from .sweep import load_sweep, run_sweep
+    check_workers("--workers", workers, local=scheduler is None)
+    from .sweep import SUMMARY, TABLE, load_sweep, run_sweep
 
-    summary = run_sweep(load_sweep(sweep_file), out, scheduler=scheduler, workers=workers)
+    spec = load_sweep(sweep_file)
+    for cell in (c for c in spec.cells if c.kind == "ensemble"):
+        p = cell.params
+        chunk = p["chunk_size"] if "chunk_size" in cell.point or spec.ensemble.get("chunk_size") else None
+        check_ensemble_size(cell.net, p["method"], p["width"], p["samples"], chunk, 1 if scheduler else workers,
+                            name=_sweep_location(cell.point))
+    check_output_dir("--out", out, files=(TABLE, SUMMARY), dirs=("cells",))
+    with _as_options("workers", "scheduler"):
+        summary = run_sweep(spec, out, scheduler=scheduler, workers=workers)
     click.echo(f"sweep: {len(summary.cells)} cells, {len(summary.computed)} computed, "
                f"{len(summary.cached)} cached; {summary.rows} rows in {summary.table}")
 
@@ -174,30 +243,81 @@ def sweep(sweep_file, out, scheduler, workers):
 @click.option("--seed", type=int, default=None, help="Root seed of all ensembles (default: fixed).")
 def reproduce(quick, config, out, workers, seed):
     """The main job: G-only and sigma theories against exact ensembles; writes report.md, results.json, figures."""
-    check_int("workers", workers, 1)
+    check_workers("--workers", workers)
     if seed is not None:
-        check_int("seed", seed, 0)
+        check_int("--seed", seed, 0, maximum=MAX_SEED)
+    if config is not None:
+        with _as_options("config"):
+            load_config(config)
+    check_output_dir("--out", out, files=("report.md", "results.json"), dirs=("figures", "cache"))
     from .report import findings_text, reproduce as reproduce_api
 
-    res = reproduce_api(out, quick=quick, config=config, workers=workers, seed=seed)
+    with _as_options("config", "seed", "workers"):
+        res = reproduce_api(out, quick=quick, config=config, workers=workers, seed=seed)
     click.echo("\n\n".join(findings_text(dict(res, config_P=len(res["config"]["K_in"])))))
     click.echo(f"\nreport: {out}/report.md  results: {out}/results.json  figures: {out}/figures/")
+
+
+_ARGUMENTS = {"sweep_file": "sweep"}
+
+
+def _click_message(err: click.ClickException) -> str:
+    """A click usage error as ``<option>: <what>``: ``--width: 'x' is not a valid integer.``"""
+    if isinstance(err, click.NoSuchOption):
+        hint = f" (did you mean {', '.join(err.possibilities)}?)" if err.possibilities else ""
+        return f"{err.option_name}: no such option{hint}"
+    param = getattr(err, "param", None)
+    if param is None:
+        where = err.ctx.command_path if getattr(err, "ctx", None) is not None else "kerneleft"
+        return f"{where}: {err.format_message()}"
+    option = isinstance(param, click.Option)
+    name = max(param.opts, key=len) if option else _ARGUMENTS.get(param.name, param.name)
+    if isinstance(err, click.MissingParameter):
+        return f"{name}: required {'option' if option else 'argument'} is missing"
+    return f"{name}: {err.message}"
+
+
+def _sigterm(signum, frame):
+    """SIGTERM takes the Ctrl-C path: finished work is kept and written marked ``interrupted``."""
+    raise KeyboardInterrupt
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one ``warning:`` line (e.g. a cache entry that is recomputed)."""
+    return f"warning: {str(message).splitlines()[0]}\n"
 
 
 def main(argv=None) -> int:
     """Entry point: run the click group; map the package's own errors to exit codes (docs/reference.md#errors).
 
-    InputError -> 2, ConvergenceError -> 3, interrupt -> 130, each as one ``error:`` line on stderr; anything
-    else is a bug and propagates with its traceback (exit 1).
+    InputError -> 2, ConvergenceError -> 3, interrupt (Ctrl-C or SIGTERM) -> 130, each as one ``error:`` line on
+    stderr; anything else is a bug and propagates with its traceback (exit 1). Warnings print as one line.
     """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _format_warning
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = formatwarning
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv) -> int:
     try:
         cli.main(args=argv, prog_name="kerneleft", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt, Interrupted) as err:
+    except click.exceptions.Abort as err:
+        if not isinstance(err.__cause__, KeyboardInterrupt):     # click wraps EOFError in Abort too: a bug
+            raise err.__cause__ or err
+        click.echo("error: interrupted", err=True)
+        return EXIT_CODES[Interrupted]
+    except (KeyboardInterrupt, Interrupted) as err:
         detail = str(err).splitlines()[0] if isinstance(err, Interrupted) and str(err) else "interrupted"
         click.echo(f"error: {detail}", err=True)
         return EXIT_CODES[Interrupted]
     except click.ClickException as err:
-        click.echo(f"error: {err.format_message()}".replace("\n", " "), err=True)
+        click.echo(f"error: {_click_message(err)}".replace("\n", " "), err=True)
         return 2
     except KerneleftError as err:
         click.echo(f"error: {err}".splitlines()[0], err=True)

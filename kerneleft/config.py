@@ -1,42 +1,79 @@
-"""Network specification (THEORY §1) and TOML configuration loading.
+"""Network specification (docs/model.md#network) and TOML configuration loading.
 
 A :class:`Network` holds everything that defines the random pre-activation ResNet at initialisation:
 activation φ, residual-branch variances C_W and C_b, total depth-time T, number of blocks L (``depth``)
-and the P x P input kernel K_in. Validation is done by pydantic; every failure is re-raised as a one-line
-``ValueError``/``TypeError`` that names the offending field (INTERFACE.md, "Errors").
+and the P x P input kernel K_in. Types are strict (a bool or a string is never a number, an integer field takes
+only integers) and every stored number is finite. Every failure is an :class:`~kerneleft.errors.InputError` (a
+ValueError and a TypeError) with a one-line message that starts with the offending field
+(docs/reference.md#errors); an exception of any other type raised during validation is a bug and propagates.
 """
 from __future__ import annotations
 
 import math
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .activations import Activation, get_activation
 from .errors import InputError
 
-__all__ = ["Network", "load_config", "network_from_dict", "input_kernel"]
+__all__ = ["Network", "load_config", "network_from_dict", "read_toml", "input_kernel", "check_kernel", "MAX_KERNEL"]
 
 _PSD_RTOL = 1e-10
+_SYM_RTOL = 1e-12
+MAX_KERNEL = 1e150
+"""Largest allowed |K_in| entry: V4 = n Cov[G] grows like K_in², which must stay finite in float64."""
+_MAX_CONFIG_BYTES = 256 * 2 ** 20           # a larger file is not a config (e.g. /dev/zero): refused, not read
+
+
+def _is_real(v: Any) -> bool:
+    """True for int/float scalars (Python or numpy), False for bool, str and everything else."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _show(v: Any) -> str:
+    """``type value`` of a bad value for a message, the repr cut to 40 characters."""
+    r = repr(v)
+    return f"{type(v).__name__} {r if len(r) <= 40 else r[:37] + '...'}"
 
 
 def _finite_float(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise InputError(f"{name}: must be a real number, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise InputError(f"{name}: must be finite, got {v}")
-    return v
+    """``v`` as a finite float; InputError naming ``name`` for a non-number (bool, str, ...) or NaN/inf/overflow."""
+    if not _is_real(v):
+        raise InputError(f"{name}: must be a real number, got {_show(v)}")
+    try:
+        f = float(v)
+    except OverflowError:                        # an int beyond float64
+        f = math.inf
+    if not math.isfinite(f):
+        raise InputError(f"{name}: must be finite, got {_show(v)}")
+    return f
 
 
 def _matrix(name: str, v: Any) -> np.ndarray:
+    """A non-empty rectangular 2-d array of real numbers (nested lists or an ndarray) as a finite float (R, C) array.
+
+    Every entry must be an int or float (no bool or str): InputError naming ``name`` and the entry otherwise.
+    """
+    if isinstance(v, np.ndarray) and v.dtype.kind in "iuf":
+        pass                                     # already numeric (and not bool): no per-entry check needed
+    elif isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(r, (list, tuple, np.ndarray)) for r in v):
+        for i, row in enumerate(v):
+            for j, x in enumerate(row):
+                if not _is_real(x):
+                    raise InputError(f"{name}: entry [{i}][{j}] must be a real number, got {_show(x)}")
+        if len({len(r) for r in v}) > 1:
+            raise InputError(f"{name}: rows must have equal lengths, got {[len(r) for r in v]}")
+    else:
+        raise InputError(f"{name}: must be a list of rows of real numbers, got {type(v).__name__}")
     try:
         a = np.array(v, dtype=float)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: must be a nested list of real numbers") from None
+    except OverflowError:                        # an int entry beyond float64
+        raise InputError(f"{name}: contains an integer too large for float64") from None
     if a.ndim != 2 or a.size == 0:
         raise InputError(f"{name}: must be a non-empty 2-d array (list of rows), got shape {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -44,24 +81,40 @@ def _matrix(name: str, v: Any) -> np.ndarray:
     return a
 
 
+def _pow2_scale(a: np.ndarray) -> float:
+    """A power of two > max|a|: ``a / scale`` has entries in (-1, 1), rescaled without rounding (bar underflow)."""
+    m = float(np.max(np.abs(a)))
+    return math.ldexp(1.0, math.frexp(m)[1]) if m > 0 else 1.0
+
+
 def check_kernel(name: str, K: Any) -> np.ndarray:
-    """Validate a P x P symmetric positive semi-definite kernel; return it as a float array."""
+    """Validate a P x P symmetric positive semi-definite kernel with |entries| <= :data:`MAX_KERNEL`; return it as a
+    float (P, P) array, symmetrised. Checks run on the matrix rescaled by a power of two (no overflow)."""
     K = _matrix(name, K)
     if K.shape[0] != K.shape[1]:
         raise InputError(f"{name}: must be square (P x P), got shape {K.shape}")
-    scale = max(float(np.max(np.abs(K))), 1e-300)
-    if not np.allclose(K, K.T, rtol=0.0, atol=1e-12 * scale):
+    big = float(np.max(np.abs(K)))
+    if big > MAX_KERNEL:
+        raise InputError(f"{name}: entries must be at most {MAX_KERNEL:g} in magnitude (V4 grows like the square "
+                         f"of the kernel and must fit in float64), got {big:.3g}")
+    Kn = K / _pow2_scale(K)
+    if np.max(np.abs(Kn - Kn.T)) > _SYM_RTOL * np.max(np.abs(Kn)):
         raise InputError(f"{name}: must be symmetric")
-    K = 0.5 * (K + K.T)
-    lam = np.linalg.eigvalsh(K)
-    if lam[0] < -_PSD_RTOL * max(lam[-1], 1e-300) or lam[-1] <= 0.0:
+    if not np.array_equal(K, K.T):
+        K = 0.5 * K + 0.5 * K.T
+    lam = np.linalg.eigvalsh(0.5 * (Kn + Kn.T))
+    if lam[0] < -_PSD_RTOL * max(lam[-1], 0.0) or lam[-1] <= 0.0:
         raise InputError(f"{name}: must be positive semi-definite with positive trace "
-                         f"(smallest eigenvalue {lam[0]:.3g})")
+                         f"(smallest eigenvalue {lam[0] * _pow2_scale(K):.3g})")
     return K
 
 
 def input_kernel(inputs: Any, C_in: float = 1.0, C_b_in: float = 0.0) -> np.ndarray:
-    """K_in[a, b] = C_in x_a·x_b / n0 + C_b_in for P inputs x_a ∈ R^{n0} (THEORY §1); returns (P, P)."""
+    """K_in[a, b] = C_in x_a·x_b / n0 + C_b_in for P inputs x_a ∈ R^{n0} (docs/model.md#network); returns (P, P).
+
+    The Gram matrix is formed from the inputs rescaled by a power of two, so large inputs cannot overflow on the
+    way; a kernel that itself exceeds :data:`MAX_KERNEL` is an InputError naming ``inputs``.
+    """
     X = _matrix("inputs", inputs)
     C_in = _finite_float("C_in", C_in)
     C_b_in = _finite_float("C_b_in", C_b_in)
@@ -69,15 +122,23 @@ def input_kernel(inputs: Any, C_in: float = 1.0, C_b_in: float = 0.0) -> np.ndar
         raise InputError(f"C_in: must be > 0, got {C_in}")
     if C_b_in < 0:
         raise InputError(f"C_b_in: must be >= 0, got {C_b_in}")
-    return check_kernel("inputs", C_in * X @ X.T / X.shape[1] + C_b_in)
+    s = _pow2_scale(X)
+    Xn = X / s
+    with np.errstate(over="ignore"):
+        K = (C_in * (Xn @ Xn.T) / X.shape[1]) * s * s + C_b_in
+    if not np.all(np.isfinite(K)):
+        raise InputError(f"inputs: the input kernel C_in·x_a·x_b/n0 + C_b_in overflows float64 (max |x| = "
+                         f"{np.max(np.abs(X)):.3g}, C_in = {C_in:g}); rescale the inputs or C_in")
+    return check_kernel("inputs", K)
 
 
 class Network(BaseModel):
-    """The random ResNet of THEORY §1.
+    """The random ResNet of docs/model.md#network.
 
-    Fields: ``activation`` (registered name or :class:`~kerneleft.activations.Activation`), ``C_W``, ``C_b``
-    (>= 0), ``T`` (> 0), ``depth`` L (>= 1), ``K_in`` (P, P) symmetric PSD. Derived: ``P``, ``eps`` = T/L,
-    ``t`` (L+1,) = l·eps, ``phi`` (the resolved Activation).
+    Fields: ``activation`` (registered name, :class:`~kerneleft.activations.Activation` or callable), ``C_W``,
+    ``C_b`` (finite, >= 0), ``T`` (finite, > 0), ``depth`` L (integer >= 1, with T/L a normal float64), ``K_in``
+    (P, P) symmetric PSD with finite entries of magnitude <= :data:`MAX_KERNEL`. Derived: ``P``, ``eps`` = T/L,
+    ``t`` (L+1,) = l·eps, ``phi`` (the resolved Activation). Invalid fields raise InputError naming the field.
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, extra="forbid")
@@ -88,6 +149,12 @@ class Network(BaseModel):
     T: float
     depth: int
     K_in: Any
+
+    def __init__(self, **fields):
+        try:
+            super().__init__(**fields)
+        except ValidationError as err:
+            raise InputError(_one_line(err)) from None
 
     @field_validator("activation", mode="before")
     @classmethod
@@ -113,13 +180,8 @@ class Network(BaseModel):
     @field_validator("depth", mode="before")
     @classmethod
     def _depth(cls, v):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            else:
-                raise InputError(f"depth: must be an integer >= 1, got {v!r}")
-        if v < 1:
-            raise InputError(f"depth: must be an integer >= 1, got {v}")
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise InputError(f"depth: must be an integer >= 1, got {_show(v)}")
         return int(v)
 
     @field_validator("K_in", mode="before")
@@ -128,6 +190,13 @@ class Network(BaseModel):
         K = check_kernel("K_in", v)
         K.setflags(write=False)
         return K
+
+    @model_validator(mode="after")
+    def _step(self):
+        if self.T / self.depth < sys.float_info.min:
+            raise InputError(f"T: the step T/depth = {self.T:g}/{self.depth} is below the smallest normal float64; "
+                             f"increase T or reduce depth")
+        return self
 
     # --- derived quantities -------------------------------------------------------------------
     @property
@@ -144,7 +213,10 @@ class Network(BaseModel):
 
     @property
     def t(self) -> np.ndarray:
-        return np.arange(self.depth + 1) * self.eps
+        """(L+1,) t[l] = l·eps, with t[L] = T exactly (l·(T/L) can round one ulp past T). docs/model.md#depth-grid"""
+        t = np.arange(self.depth + 1) * self.eps
+        t[-1] = self.T
+        return t
 
     def replace(self, **changes) -> "Network":
         """A copy with some fields changed (validated again)."""
@@ -163,13 +235,21 @@ _KNOWN = {"activation", "C_W", "C_b", "T", "depth", "K_in", "inputs", "C_in", "C
 
 
 def _one_line(err: ValidationError) -> str:
+    """The first error as ``field: message``; re-raises an exception that is not an InputError (a bug)."""
     e = err.errors()[0]
-    msg = str(e.get("ctx", {}).get("error", e["msg"]))
+    cause = e.get("ctx", {}).get("error")
+    if isinstance(cause, BaseException) and not isinstance(cause, InputError):
+        raise cause
+    if cause is not None:
+        return str(cause)                        # an InputError message starts with its field
+    msg = str(e["msg"])
     field = ".".join(str(x) for x in e["loc"]) or "config"
     if msg.startswith(field + ":"):
         return msg
     if e["type"] == "missing":
         return f"{field}: required field is missing"
+    if e["type"] == "extra_forbidden":
+        return f"{field}: unknown config field (allowed: {', '.join(sorted(_KNOWN))})"
     return f"{field}: {msg}"
 
 
@@ -177,7 +257,7 @@ def network_from_dict(d: dict) -> Network:
     """Build a validated :class:`Network` from a config mapping (INTERFACE.md "Configuration").
 
     Either ``K_in`` or ``inputs`` (+ optional ``C_in`` = 1, ``C_b_in`` = 0) must be given.
-    Raises ValueError/TypeError with a one-line message naming the field.
+    Raises InputError (a ValueError and a TypeError) with a one-line message naming the field.
     """
     if not isinstance(d, dict):
         raise InputError("config: must be a mapping of field names to values")
@@ -195,22 +275,32 @@ def network_from_dict(d: dict) -> Network:
                 raise InputError(f"{k}: only allowed together with inputs")
         if "K_in" not in d:
             raise InputError("K_in: required field is missing (give K_in or inputs)")
+    return Network(**d)
+
+
+def read_toml(name: str, path: str | Path) -> dict:
+    """Parse the TOML file ``path``; InputError naming ``name`` if it cannot be read, is larger than 256 MiB, is
+    not UTF-8 text or is not valid TOML."""
+    p = Path(path)
     try:
-        return Network(**d)
-    except ValidationError as err:
-        raise InputError(_one_line(err)) from None
+        with open(p, "rb") as fh:
+            raw = fh.read(_MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise InputError(f"{name}: cannot read {str(p)!r}: {err.strerror or err}") from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise InputError(f"{name}: {str(p)!r} is larger than {_MAX_CONFIG_BYTES >> 20} MiB; not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{name}: {str(p)!r} is not UTF-8 text (byte {raw[err.start]:#04x} at offset "
+                         f"{err.start}); give a TOML file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{name}: {str(p)!r} is not valid TOML: {err}") from None
 
 
 def load_config(path: str | Path) -> Network:
-    """Read a TOML config file (INTERFACE.md) into a validated :class:`Network`."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise InputError(f"config: cannot read {str(p)!r}: {err.strerror or err}") from None
-    try:
-        d = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"config: {str(p)!r} is not valid TOML: {err}") from None
-    return network_from_dict(d)
+    """Read a TOML config file (INTERFACE.md "Configuration") into a validated :class:`Network`."""
+    return network_from_dict(read_toml("config", path))
 

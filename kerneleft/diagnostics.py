@@ -31,8 +31,10 @@ from .kernel import S_bar
 from .result import KernelResult
 from .tensors import box, circ
 from .validate import check_int, check_positive
-from .errors import InputError
-from .theory.gonly import coefficients, from_pairs, from_pairs4, solve_gonly, tadpole, to_pairs, to_pairs4
+from .errors import InputError, Interrupted
+from .estimators import MIN_COV_SAMPLES
+from .theory import expand, representatives, solve
+from .theory.gonly import coefficients, from_pairs, from_pairs4, tadpole, to_pairs, to_pairs4
 
 __all__ = ["diagnose", "closure_terms", "TERMS"]
 
@@ -77,7 +79,10 @@ def closure_terms(net: Network, width: int, stats: KernelResult) -> dict[str, np
     source_exact = box(stats["G_mean"], ES) + _pair_rearrange(C) / n
     source_closure = box(K0, from_pairs(c.S, P))
     k1_exact = n * (ES - S_bar(net, K0))
-    k1_closure = from_pairs(np.einsum("lpq,lq->lp", c.Tr, to_pairs(stats["K1"])) + tadpole(c, V), P)
+    rep, first = representatives(net.K_in)           # ℋ is ±inf between identical inputs: merge them (as theory)
+    cd, sub = coefficients(net, K0[:, first][:, :, first]), (slice(None),) + np.ix_(*[first] * 4)
+    k1_closure = expand(from_pairs(np.einsum("lpq,lq->lp", cd.Tr, to_pairs(stats["K1"][:, first][:, :, first]))
+                                   + tadpole(cd, to_pairs4(stats["V4"][sub])), first.size), rep)
 
     Sbar = from_pairs(c.S, P)
     d = {"transport": eps * (Cp + np.swapaxes(Cp, -1, -2) - VT - np.swapaxes(VT, -1, -2)),
@@ -109,28 +114,55 @@ def _batch_seeds(seed: int, batches: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(batches, dtype=np.uint64) >> np.uint64(1)]
 
 
+def _simulate_batches(net: Network, width: int, method: str, workers: int, sizes: Sequence[int],
+                      seeds: Sequence[int]) -> tuple[list[KernelResult], bool]:
+    """Simulate the batches in order; Ctrl-C stops at once, keeping the finished batches and the finished chunks
+    of the batch cut short (docs/numerics.md#interrupts). Returns (batches, interrupted)."""
+    from .ensemble import simulate
+
+    out = []
+    try:
+        for m, s in zip(sizes, seeds):
+            out.append(simulate(net, width=width, samples=int(m), seed=s, method=method, workers=workers,
+                                progress=False))
+            if out[-1].meta["interrupted"]:
+                return out, True
+    except KeyboardInterrupt:
+        return out, True
+    return out, False
+
+
 def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float = 0.05, workers: int = 1,
              ensemble: Sequence[KernelResult] | None = None, *, batches: int = 16,
              method: str = "conditional") -> KernelResult:
     """THEORY §5 diagnostics of the G-only closure against the exact ensemble (module docstring).
 
-    Simulates ``samples`` networks of width ``width`` with ``method`` in min(``batches``, samples // 2) independent
+    Simulates ``samples`` networks of width ``width`` with ``method`` in min(``batches``, samples // 3) independent
     batches (seeds derived from ``seed``), or uses ``ensemble``: a sequence (>= 2) of independent results of
     :func:`kerneleft.ensemble.simulate` for this ``net`` and ``width``. Arrays (INTERFACE.md ``diagnose`` keys,
     each with ``se`` where simulated): transport_exact, transport_closure, source_exact, source_closure,
     k1_source_exact, k1_source_closure, k1_source_mismatch (closure − exact), v4_residual, v4_unexplained,
     G_mean, V4, K1 (simulated), K0, V4_gonly, K1_gonly (discrete G-only theory). meta: v4_residual_by_term
-    (term -> array, and its ``_se``), validity_window (quantity -> t or None), relative_error (per layer).
+    (term -> array, and its ``_se``), validity_window (quantity -> t or None), relative_error (per layer),
+    samples (networks used), samples_requested, interrupted.
+
+    Ctrl-C/SIGTERM while simulating (docs/numerics.md#interrupts) stops the simulation and raises
+    :class:`~kerneleft.errors.Interrupted`; once two batches hold networks its ``result`` is the diagnostics of
+    every finished chunk, marked ``interrupted`` with the achieved ``samples``.
     """
     check_positive("threshold", threshold)
+    seed = check_int("seed", seed, 0)
+    interrupted = False
     if ensemble is None:
-        from .ensemble import simulate
         batches = check_int("batches", batches, 2)
-        samples = check_int("samples", samples, 4, " (two batches of two)")
-        B = min(batches, samples // 2)
+        samples = check_int("samples", samples, 2 * MIN_COV_SAMPLES, " (two batches of three)")
+        B = min(batches, samples // MIN_COV_SAMPLES)
         sizes = np.full(B, samples // B) + (np.arange(B) < samples % B)
-        ensemble = [simulate(net, width=width, samples=int(m), seed=s, method=method, workers=workers,
-                             progress=False) for m, s in zip(sizes, _batch_seeds(seed, B))]
+        ensemble, interrupted = _simulate_batches(net, width, method, workers, sizes, _batch_seeds(seed, B))
+        done = sum(b.meta["samples"] for b in ensemble)
+        if interrupted and len(ensemble) < 2:
+            raise Interrupted(f"diagnose: interrupted after {done} of {samples} networks, before two batches held "
+                              f"networks; nothing to report")
     elif len(ensemble) < 2:
         raise InputError(f"ensemble: must hold >= 2 independent batches, got {len(ensemble)}")
     elif any(b.meta.get("width") != width for b in ensemble):
@@ -140,7 +172,7 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
     mean = {k: np.mean([p[k] for p in per], axis=0) for k in per[0]}
     se = {k: np.std([p[k] for p in per], axis=0, ddof=1) / np.sqrt(B) for k in per[0]}
 
-    th = solve_gonly(net, depth_model="discrete")
+    th = solve(net, "g-only", depth_model="discrete")          # merges identical inputs, like `theory`
     mean["v4_unexplained"] = mean["V4"] - th.V4 - mean["v4_residual"]
     se["v4_unexplained"] = np.std([p["V4"] - p["v4_residual"] for p in per], axis=0, ddof=1) / np.sqrt(B)
     window, rel = {}, {}
@@ -153,5 +185,10 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
             "samples": int(sum(b.meta["samples"] for b in ensemble)), "seed": seed,
             "method": ensemble[0].meta["method"], "batches": B, "threshold": threshold, "config": net.to_dict(),
             "v4_residual_by_term": by_term, "v4_residual_by_term_se": by_term_se,
-            "validity_window": window, "relative_error": rel}
-    return KernelResult(net.t, arrays, se, meta)
+            "validity_window": window, "relative_error": rel, "samples_requested": samples,
+            "interrupted": interrupted}
+    res = KernelResult(net.t, arrays, se, meta)
+    if interrupted:
+        raise Interrupted(f"diagnose: interrupted after {meta['samples']} of {samples} networks "
+                          f"(whole chunks of {B} batches)", result=res)
+    return res

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .validate import check_int
-from .errors import InputError
+from .errors import InputError, Interrupted
 
 __all__ = ["DaskMap", "environment", "require"]
 
@@ -114,7 +114,8 @@ class DaskMap:
     retries : resubmissions of a task that ended in ``KilledWorker``.
     timeout : connection timeout (a Dask duration such as ``"10s"``); default Dask's.
 
-    Tasks must be picklable and pure: ``fn(task)`` may run more than once and on any worker.
+    Tasks must be picklable and pure: ``fn(task)`` may run more than once and on any worker. :meth:`abort`
+    stops every call of the map (from any thread) at once (docs/numerics.md#interrupts).
     """
 
     def __init__(self, scheduler, *, max_in_flight: int | None = None, max_ahead: int | None = None,
@@ -136,6 +137,9 @@ class DaskMap:
         self.retries = retries
         self._slots = threading.BoundedSemaphore(self.max_in_flight)
         self._env = environment()
+        self._aborted = threading.Event()
+        self._wakes: set[threading.Event] = set()
+        self._wakes_lock = threading.Lock()
 
     @property
     def address(self) -> str:
@@ -146,6 +150,14 @@ class DaskMap:
     def worker_threads(self) -> int:
         """Worker threads currently in the cluster."""
         return sum(self.client.nthreads().values())
+
+    def abort(self) -> None:
+        """Make every running and later call raise :class:`~kerneleft.errors.Interrupted` promptly (their
+        unfinished futures are cancelled); used when a sweep is interrupted or fails."""
+        self._aborted.set()
+        with self._wakes_lock:
+            for wake in self._wakes:
+                wake.set()
 
     def close(self) -> None:
         """Close the Client if this map created it."""
@@ -195,8 +207,12 @@ class DaskMap:
         running: set[int] = set()           # indices whose future holds a slot (not seen finished)
         submitted = yielded = 0
         exhausted = False
+        with self._wakes_lock:
+            self._wakes.add(wake)
         try:
             while True:
+                if self._aborted.is_set():
+                    raise Interrupted("scheduler: the run was aborted")
                 wake.clear()
                 for i in [i for i in running if pending[i].done()]:
                     running.discard(i)
@@ -226,6 +242,8 @@ class DaskMap:
                 if yielded in running:
                     wake.wait()
         finally:
+            with self._wakes_lock:
+                self._wakes.discard(wake)
             for _ in running:
                 self._slots.release()
             if pending:

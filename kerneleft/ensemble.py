@@ -7,30 +7,38 @@ Consecutive chunks are grouped into *tasks* handed to a pluggable ``map(fn, task
 :class:`ProcessMap`, or e.g. a Dask map); each task returns one :class:`Partial` (sufficient statistics) per
 chunk and the main process folds them in chunk order. Hence the numbers are bit-identical for any workers and
 any grouping, memory does not grow with ``samples``, and a stop rule or Ctrl-C ends the run after whole chunks.
+
+Interrupts (docs/numerics.md#interrupts): Ctrl-C (or SIGTERM, which the CLI turns into Ctrl-C) makes
+:func:`simulate` return the chunks folded so far with ``meta['interrupted'] = True``; pipelines built on it
+(diagnose, reproduce, sweep) stop and raise :class:`~kerneleft.errors.Interrupted`. Worker processes never outlive
+the process that started them (:func:`_worker_init`).
 """
 from __future__ import annotations
 
 import builtins
+import ctypes
 import importlib
+import multiprocessing
+import os
 import signal
 import sys
+import threading
 import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+import traceback
 from dataclasses import dataclass
-from itertools import islice
+from multiprocessing import connection as _mp_connection
 from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from .config import Network
-from .estimators import Moments, drift_control_variate, extrapolate_K1, merge, pair_index
+from .estimators import MIN_COV_SAMPLES, Moments, drift_control_variate, extrapolate_K1, merge, pair_index
 from .gaussian import jacobian
 from .kernel import K0_discrete
 from .result import KernelResult
 from .samplers import conditional_paths, weights_paths
-from .validate import check_int, check_positive
+from .validate import check_ensemble_size, check_int, check_positive, check_workers
 from .errors import InputError
 
 __all__ = ["METHODS", "register_method", "get_method", "default_chunk_size", "Partial", "chunk_statistics",
@@ -60,6 +68,8 @@ def register_method(name: str, fn: PathSampler, chunk_size: Callable[[Network, i
 
 def get_method(name: str) -> PathSampler:
     """The registered path sampler ``name`` (importing a lazily registered one); ValueError if unknown."""
+    if not isinstance(name, str):
+        raise InputError(f"method: must be a method name, got {type(name).__name__}")
     if name not in METHODS and name in _LAZY_METHODS:
         importlib.import_module(_LAZY_METHODS[name])
         if name not in METHODS:
@@ -120,32 +130,147 @@ def run_task(task: tuple) -> list[Partial]:
             for j, size in enumerate(sizes)]
 
 
-def _ignore_sigint():
+_PR_SET_PDEATHSIG = 1          # linux/prctl.h
+_WATCH_PARENT_S = 0.5
+# fork on Linux (fast; the worker's parent is this process), spawn elsewhere
+_MP = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def _set_pdeathsig() -> bool:
+    """Ask the Linux kernel to SIGKILL this process when its parent exits; False where prctl is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit this process as soon as its parent ``parent`` is gone (it is re-parented); polls os.getppid()."""
+    while os.getppid() == parent:
+        time.sleep(_WATCH_PARENT_S)
+    os._exit(1)
+
+
+def _worker_init(parent: int) -> None:
+    """Worker start-up: ignore SIGINT (a terminal's Ctrl-C goes to the whole process group; the parent decides
+    when to stop and kills its workers) and die with the parent ``parent`` — PR_SET_PDEATHSIG(SIGKILL), else a
+    watchdog thread polling os.getppid()."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not _set_pdeathsig():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="kerneleft-watch-parent").start()
+    if os.getppid() != parent:     # the parent died before the worker was armed
+        os._exit(1)
+
+
+def _worker_main(conn, parent: int) -> None:
+    """A :class:`ProcessMap` worker: for each ``(fn, task)`` received on ``conn`` send back ``(True, fn(task))``
+    or ``(False, (exception, traceback text))``; ``None`` or a closed pipe ends it."""
+    _worker_init(parent)
+    try:
+        while (msg := conn.recv()) is not None:
+            fn, task = msg
+            try:
+                reply = (True, fn(task))
+            except Exception as err:                      # re-raised in the parent
+                reply = (False, (err, traceback.format_exc()))
+            try:
+                conn.send(reply)
+            except Exception as err:                      # an unpicklable result or exception
+                conn.send((False, (RuntimeError(f"{type(err).__name__}: {err}"), traceback.format_exc())))
+    except EOFError:
+        pass
 
 
 class ProcessMap:
-    """``map(fn, tasks)`` over a process pool, results in task order, at most ``2·workers`` tasks in flight.
+    """``map(fn, tasks)`` over ``workers`` processes, results in task order, at most ``2·workers`` tasks running
+    or waiting to be yielded.
 
-    Workers ignore SIGINT so that Ctrl-C reaches only the main process; closing the iterator cancels what is
-    queued and waits for the running tasks.
+    Each worker has its own pipe, so a worker can be killed at any moment without disturbing the others or the
+    parent. Workers ignore SIGINT (Ctrl-C reaches only the main process) and die with their parent
+    (:func:`_worker_init`); a worker ended by SIGTERM (sent to the whole process group, as batch systems do)
+    counts as Ctrl-C. On Ctrl-C the finished results at the head of the order are still yielded before
+    KeyboardInterrupt propagates; on any early exit (Ctrl-C, an error, the consumer closing the iterator) the
+    workers are killed at once, not waited for.
     """
 
     def __init__(self, workers: int):
         self.workers = workers
 
     def __call__(self, fn, tasks):
-        tasks = iter(tasks)
-        with ProcessPoolExecutor(self.workers, initializer=_ignore_sigint) as pool:
-            pending = deque(pool.submit(fn, t) for _, t in zip(range(2 * self.workers), tasks))
+        tasks = enumerate(tasks)
+        workers, finished = [], False
+        try:
+            for _ in range(self.workers):
+                ours, theirs = _MP.Pipe()
+                proc = _MP.Process(target=_worker_main, args=(theirs, os.getpid()), daemon=True,
+                                   name="kerneleft-worker")
+                proc.start()
+                theirs.close()
+                workers.append((proc, ours))
+            idle = list(workers)
+            busy, done = {}, {}          # connection -> (process, task index); task index -> result not yet yielded
+            nxt = submitted = 0
+            exhausted = False
             try:
-                while pending:
-                    result = pending.popleft().result()
-                    pending.extend(pool.submit(fn, t) for t in islice(tasks, 1))
-                    yield result
-            finally:
-                for f in pending:
-                    f.cancel()
+                while True:
+                    while idle and not exhausted and submitted - nxt < 2 * self.workers:
+                        item = next(tasks, None)
+                        if item is None:
+                            exhausted = True
+                            break
+                        proc, conn = idle.pop()
+                        conn.send((fn, item[1]))
+                        busy[conn] = (proc, item[0])
+                        submitted += 1
+                    while nxt in done:
+                        nxt += 1
+                        yield done.pop(nxt - 1)
+                    if not busy:
+                        if exhausted:
+                            break
+                        continue
+                    for conn in _mp_connection.wait(list(busy)):
+                        proc, i = busy.pop(conn)
+                        done[i] = _reply(proc, conn)
+                        idle.append((proc, conn))
+            except KeyboardInterrupt:
+                for conn in [c for c in busy if c.poll()]:      # replies already sent (or being sent)
+                    proc, i = busy.pop(conn)
+                    done[i] = _reply(proc, conn)
+                while nxt in done:
+                    nxt += 1
+                    yield done.pop(nxt - 1)
+                raise
+            finished = True
+        finally:
+            for proc, conn in workers:
+                if finished:
+                    conn.send(None)
+                elif proc.is_alive():
+                    proc.kill()
+            for proc, conn in workers:
+                proc.join()
+                conn.close()
+
+
+def _reply(proc, conn):
+    """The result a worker sent on ``conn``; its exception (with the worker's traceback as a note) re-raised;
+    KeyboardInterrupt if SIGTERM or SIGINT ended the worker, else RuntimeError if it died."""
+    try:
+        ok, value = conn.recv()
+    except (EOFError, OSError):
+        proc.join(1)
+        if proc.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+            raise KeyboardInterrupt from None
+        raise RuntimeError(f"worker process {proc.pid} died (exit code {proc.exitcode})") from None
+    if ok:
+        return value
+    err, tb = value
+    err.add_note(f"in worker process {proc.pid}:\n{tb}")
+    raise err
 
 
 def _tensor(c: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -189,7 +314,10 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
     ``chunk_size``: samples per seeded chunk (default :func:`default_chunk_size`; changing it changes the draws).
     ``chunks_per_task`` (grouping) and ``workers``/``map`` never change the numbers. ``map(fn, tasks)`` must yield
     ``fn(task)`` in order. ``stop_se``: stop after the first whole chunk at which max K1 SE <= stop_se
-    (checked from 64 samples on). Ctrl-C returns the chunks finished so far with ``meta['interrupted'] = True``.
+    (checked from 64 samples on). Ctrl-C returns the chunks finished so far with ``meta['interrupted'] = True``
+    and ``meta['samples']`` the networks in them (``samples_requested`` the asked number); with fewer than
+    three networks folded it raises KeyboardInterrupt. Callers that must not continue on partial data check
+    ``meta['interrupted']`` (docs/numerics.md#interrupts).
     ``scheduler``: a ``dask.distributed.Client`` or scheduler address — the chunks run as Dask tasks
     (:class:`kerneleft.distributed.DaskMap`; ``workers`` is then the number of Dask workers to wait for).
     """
@@ -197,13 +325,14 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
         raise InputError(f"net: must be a kerneleft Network, got {type(net).__name__}")
     sampler = get_method(method)
     width = check_int("width", width, 1)
-    samples = check_int("samples", samples, 2)
+    samples = check_int("samples", samples, MIN_COV_SAMPLES, " (standard errors of V4 need 3)")
     seed = check_int("seed", seed, 0)
-    workers = check_int("workers", workers, 1)
+    workers = check_workers("workers", workers, local=scheduler is None and map is None)
     chunks_per_task = check_int("chunks_per_task", chunks_per_task, 1)
     chunk = default_chunk_size(method, net, width) if chunk_size is None else check_int("chunk_size", chunk_size, 1)
     if stop_se is not None:
         check_positive("stop_se", stop_se)
+    check_ensemble_size(net, method, width, samples, chunk_size, workers if scheduler is None else 1)
     if scheduler is not None:
         if map is not None:
             raise InputError("scheduler: give either map or scheduler, not both")
@@ -240,7 +369,7 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
                 stopped = True
                 break
     except KeyboardInterrupt:
-        if total is None or total.gs.count < 2:
+        if total is None or total.gs.count < MIN_COV_SAMPLES:
             raise
         interrupted = True
     finally:

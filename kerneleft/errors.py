@@ -31,7 +31,14 @@ class ConvergenceError(KerneleftError, RuntimeError):
 
 
 class Interrupted(KerneleftError):
-    """The run was interrupted (SIGINT/SIGTERM) after keeping its finished work."""
+    """The run was interrupted (SIGINT/SIGTERM) after keeping its finished work (docs/numerics.md#interrupts).
+
+    ``result``: the partial result, marked ``interrupted``, for the caller to write (None if there is none).
+    """
+
+    def __init__(self, message: str = "interrupted", result=None):
+        super().__init__(message)
+        self.result = result
 
 
 EXIT_CODES = {InputError: 2, ConvergenceError: 3, Interrupted: 130}

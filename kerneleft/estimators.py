@@ -1,8 +1,9 @@
 """Streaming moment accumulators and standard errors for the exact ensemble (THEORY §7).
 
 :class:`Moments` holds the central co-moments of a d-vector observable up to order (2, 2) — enough for means,
-covariances and delta-method standard errors of both — and merges two partial results exactly (Pébay's
-pairwise update), so an ensemble is a deterministic left fold over fixed chunks of samples in chunk order.
+covariances and the standard errors of both (docs/estimators.md#standard-errors) — and merges two partial results
+exactly (Pébay's pairwise update), so an ensemble is a deterministic left fold over fixed chunks of samples in chunk
+order.
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import numpy as np
 from .result import KernelResult
 from .errors import InputError
 
-__all__ = ["Moments", "merge", "pair_index", "drift_control_variate", "extrapolate_K1"]
+__all__ = ["MIN_COV_SAMPLES", "Moments", "merge", "pair_index", "drift_control_variate", "extrapolate_K1"]
+
+#: Fewest samples with a defined standard error of a covariance (:meth:`Moments.cov_se`).
+MIN_COV_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -39,18 +43,31 @@ class Moments:
         yt = y.swapaxes(-1, -2)
         return cls(x.shape[0], mean, y @ yt, y2 @ yt, y2 @ y2.swapaxes(-1, -2))
 
+    def _require(self, minimum: int, what: str) -> None:
+        if self.count < minimum:
+            raise InputError(f"samples: {what} needs >= {minimum} samples, got {self.count}")
+
     def cov(self) -> np.ndarray:
-        """Unbiased covariance (..., d, d)."""
+        """Unbiased covariance (..., d, d); needs count >= 2."""
+        self._require(2, "a covariance")
         return self.M11 / (self.count - 1)
 
     def mean_se(self) -> np.ndarray:
-        """Standard error of the mean (..., d)."""
+        """Standard error of the mean, sqrt(s²/N) with the unbiased s² (..., d); needs count >= 2."""
         return np.sqrt(np.diagonal(self.cov(), axis1=-2, axis2=-1) / self.count)
 
     def cov_se(self) -> np.ndarray:
-        """Delta-method standard error of the covariance: sqrt((E[δx_i²δx_j²] − C_ij²)/N), (..., d, d)."""
+        """Jackknife standard error of the unbiased covariance :meth:`cov` (..., d, d); needs count >= 3.
+
+        Leaving sample k out changes ``cov`` by an affine function of u_k = δx_i δx_j (k), so the leave-one-out
+        variance has the closed form  Var_J = N / ((N−1)(N−2)²) · (Σ u_k² − (Σ u_k)²/N)  from M22 and M11
+        (docs/estimators.md#standard-errors). It is >= 0, conservative in expectation (Efron–Stein; for Gaussian
+        data E[Var_J] = 2σ⁴/(N−2) against the true 2σ⁴/(N−1)) and within O(1/N) of the delta method; for N = 2
+        every estimate of it is identically 0 (u_1 = u_2), so fewer than 3 samples are an error.
+        """
+        self._require(MIN_COV_SAMPLES, "the standard error of a covariance")
         N = self.count
-        return np.sqrt(np.clip(self.M22 / N - (self.M11 / N) ** 2, 0.0, None) / N)
+        return np.sqrt(np.clip(self.M22 - self.M11 ** 2 / N, 0.0, None) * (N / ((N - 1) * (N - 2) ** 2)))
 
 
 def _shifted(m: Moments, a: np.ndarray) -> tuple:

@@ -10,11 +10,12 @@ Price's theorem / Gaussian integration by parts (§4) turns every derivative map
 E[∂^α(φ(z_a) φ(z_b))] = M[α_a, α_b] (a ≠ b) or D[α_a] (a = b), and ∂F_ab/∂K_ef over ordered pairs gives
 ``J[a,b,e,f] = ½ E[∂_e∂_f(φ_a φ_b)]``, ``H[a,b,e,f,g,h] = ¼ E[∂_e∂_f∂_g∂_h(φ_a φ_b)]``.
 
-Methods. Closed forms, all orders (:mod:`kerneleft._gauss_closed`): linear, relu (arc-cosine; the derivatives are
-the distributions Θ, δ, δ', ..., evaluated exactly), erf (arcsine), sin. Everything else by quadrature
-(:mod:`kerneleft._gauss_quad`): a common-factor split of the block into one outer and two inner one-dimensional
-integrals, with exact Taylor-mode derivatives (registered smooth φ, or ``Activation(..., derivs=...)``) moved
-partly onto Hermite polynomials by Gaussian integration by parts, the split chosen per node by its rounding bound.
+Methods. Everything about φ comes from its :class:`~kerneleft.activations.Activation` record. Closed forms, all
+orders (the record's ``pair_closed``/``diag_closed``, :mod:`kerneleft._gauss_closed`): linear, relu (arc-cosine;
+the derivatives are the distributions Θ, δ, δ', ..., evaluated exactly), erf (arcsine), sin. Everything else by
+quadrature with the record's ``profile`` (:mod:`kerneleft._gauss_quad`): a common-factor split of the block into
+one outer and two inner one-dimensional integrals, with the record's exact Taylor-mode ``derivs`` moved partly
+onto Hermite polynomials by Gaussian integration by parts, the split chosen per node by its rounding bound.
 
 Accuracy (tests/test_gaussian.py): orders <= 4 (F, DF, D²F) <= 1e-10 of the moment scale for variances 0.01–50 and
 any correlation including ±1; order 12 moments vs Mehler series 1e-14 (erf, relu) to ~1e-11 (tanh, gelu, sin);
@@ -35,8 +36,8 @@ import operator
 
 import numpy as np
 
-from . import _gauss_closed, _gauss_quad
-from .activations import REGISTRY, Activation, get_activation
+from . import _gauss_quad
+from .activations import Activation, get_activation
 from .errors import InputError
 
 __all__ = ["pair_moments", "diag_moments", "F", "jacobian", "hessian", "DF", "D2F", "derivative_moment"]
@@ -74,8 +75,15 @@ def _block(k11, k22, k12):
     return k11, k22, _clip_psd("k12", k11, k22, k12)
 
 
+def _geometric_mean(k11, k22):
+    """√(k11·k22), as √k11·√k22 when the product could overflow (entries beyond 1e150)."""
+    if max(np.max(k11, initial=0.0), np.max(k22, initial=0.0)) > 1e150:
+        return np.sqrt(k11) * np.sqrt(k22)
+    return np.sqrt(k11 * k22)
+
+
 def _clip_psd(name, k11, k22, k12):
-    s = np.sqrt(k11 * k22)
+    s = _geometric_mean(k11, k22)
     if np.any(np.abs(k12) > s * (1 + _PSD_SLACK) + 1e-300):
         raise InputError(f"{name}: not positive semi-definite (|K_ab| > sqrt(K_aa K_bb) for some pair a, b)")
     return np.clip(k12, -s, s)
@@ -93,20 +101,19 @@ def _kernel(K):
     return K
 
 
-def _closed(act: Activation, table):
-    """The closed form for a registered activation (identity checked, not just the name)."""
-    fn = table.get(act.name)
-    return fn if fn is not None and REGISTRY.get(act.name) == act else None
-
-
 # ----------------------------------------------------------------------------------------------- primitives
-def _method(act, table, method):
+def _method(act: Activation, closed, method):
+    """The closed form to use (``closed``: the record's pair_closed or diag_closed), or None for quadrature."""
     if method not in ("auto", "closed", "quadrature"):
         raise InputError(f"method: must be 'auto', 'closed' or 'quadrature', got {method!r}")
-    closed = _closed(act, table) if method != "quadrature" else None
+    closed = closed if method != "quadrature" else None
     if method == "closed" and closed is None:
         raise InputError(f"method: no closed form for activation {act.name!r}")
     return closed
+
+
+def _profile(act: Activation) -> _gauss_quad.Profile:
+    return _gauss_quad.Profile() if act.profile is None else act.profile
 
 
 def pair_moments(act, k11, k22, k12, order, *, with_error=False, method="auto"):
@@ -122,14 +129,14 @@ def pair_moments(act, k11, k22, k12, order, *, with_error=False, method="auto"):
 
 
 def _pair(act, k11, k22, k12, order, method="auto"):
-    closed = _method(act, _gauss_closed.PAIR, method)
+    closed = _method(act, act.pair_closed, method)
     if closed is not None:
         M = closed(k11, k22, k12, order)
         err = np.abs(M) * 8 * np.finfo(float).eps
     else:
         shape = k12.shape
         M, err = _gauss_quad.pair_moments(act.phi, act.derivs, k11.ravel(), k22.ravel(), k12.ravel(), order,
-                                          _gauss_quad.profile_for(act.name))
+                                          _profile(act))
         M, err = M.reshape(shape + M.shape[1:]), err.reshape(shape + M.shape[1:])
     return M, err
 
@@ -141,12 +148,12 @@ def diag_moments(act, k, order, *, with_error=False, method="auto"):
 
 
 def _diag(act, k, order, method="auto"):
-    closed = _method(act, _gauss_closed.DIAG, method)
+    closed = _method(act, act.diag_closed, method)
     if closed is not None:
         D = closed(k, order)
         err = np.abs(D) * 8 * np.finfo(float).eps
     else:
-        D, err = _gauss_quad.diag_moments(act.phi, act.derivs, k.ravel(), order, _gauss_quad.profile_for(act.name))
+        D, err = _gauss_quad.diag_moments(act.phi, act.derivs, k.ravel(), order, _profile(act))
         D, err = D.reshape(k.shape + (order + 1,)), err.reshape(k.shape + (order + 1,))
     return D, err
 

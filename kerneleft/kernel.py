@@ -1,15 +1,22 @@
-"""Infinite-width kernel K0 (THEORY §4): S̄(K) = C_W F(K) + C_b 11ᵀ, discrete recursion and continuous ODE."""
+"""Infinite-width kernel K0 (THEORY §4): S̄(K) = C_W F(K) + C_b 11ᵀ, discrete recursion and continuous ODE.
+
+K0 grows like e^{C_W t}; when it leaves float64 the computation stops with an InputError naming T and the depth t
+at which it overflowed (docs/numerics.md#overflow), without RuntimeWarnings.
+"""
 from __future__ import annotations
 
 import numpy as np
 from scipy.integrate import solve_ivp
 
 from .config import Network
+from .errors import ConvergenceError, InputError
 from .gaussian import F
+from .limits import Budget, check_result
 from .result import KernelResult
-from .errors import InputError
 
-__all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel"]
+__all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel", "overflow_error", "solve_ode"]
+
+_HUGE = 1e300           # a kernel entry beyond this overflows at the next step (or inside F)
 
 
 def S_bar(net: Network, K: np.ndarray) -> np.ndarray:
@@ -17,25 +24,72 @@ def S_bar(net: Network, K: np.ndarray) -> np.ndarray:
     return net.C_W * F(net.phi, K) + net.C_b
 
 
+def overflow_error(t: float, what: str = "the kernel K0") -> InputError:
+    """The InputError for a kernel that leaves float64 by depth t (docs/numerics.md#overflow)."""
+    return InputError(f"T: {what} overflows float64 by t = {t:.3g}; reduce T, C_W or the scale of K_in")
+
+
+def solve_ode(rhs, y0: np.ndarray, T: float, what: str, option: str, **kwargs):
+    """``solve_ivp(rhs, (0, T), y0, method="DOP853", **kwargs)`` that fails loudly, without RuntimeWarnings.
+
+    InputError naming T (:func:`overflow_error`) as soon as a state or its derivative leaves float64 (or exceeds
+    1e300): the solver only evaluates states within its error tolerance of the solution, so the kernel itself does;
+    ConvergenceError naming ``what``, the solver's message and ``option`` if it fails otherwise.
+    """
+    class Overflow(Exception):
+        pass
+
+    def watched(t, y):
+        if not (np.all(np.isfinite(y)) and np.max(np.abs(y), initial=0.0) <= _HUGE):
+            raise Overflow(t)
+        dy = rhs(t, y)
+        if not np.all(np.isfinite(dy)):
+            raise Overflow(t)
+        return dy
+
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            sol = solve_ivp(watched, (0.0, T), y0, method="DOP853", **kwargs)
+    except Overflow as stop:
+        raise overflow_error(stop.args[0], what) from None
+    finite = np.all(np.isfinite(sol.y)) and np.max(np.abs(sol.y), initial=0.0) <= _HUGE
+    if not sol.success or not finite:
+        t = float(sol.t[-1]) if sol.t.size else 0.0
+        raise ConvergenceError(f"{what}: the ODE solver stopped at t = {t:.3g} ({sol.message}); change {option}")
+    return sol
+
+
 def K0_discrete(net: Network) -> np.ndarray:
-    """K0^{l+1} = K0^l + ε S̄(K0^l), K0^0 = K_in (§4); returns (L+1, P, P)."""
+    """K0^{l+1} = K0^l + ε S̄(K0^l), K0^0 = K_in (§4); returns (L+1, P, P).
+
+    InputError naming T at the first layer whose kernel is not finite (overflow); loops long enough to matter
+    report progress or are refused (:class:`kerneleft.limits.Budget`, option ``depth``).
+    """
+    check_result("depth", (net.depth + 1) * net.P ** 2, f"the kernel over depth = {net.depth} layers")
     K = np.empty((net.depth + 1, net.P, net.P))
     K[0] = net.K_in
-    for l in range(net.depth):
-        K[l + 1] = K[l] + net.eps * S_bar(net, K[l])
+    with np.errstate(over="ignore", invalid="ignore"), \
+            Budget("depth", net.depth, f"K0 recursion over {net.depth} layers") as budget:
+        for l in range(net.depth):
+            K[l + 1] = K[l] + net.eps * S_bar(net, K[l])
+            if not np.isfinite(K[l + 1]).all() or np.abs(K[l + 1]).max() > _HUGE:
+                raise overflow_error(net.t[l + 1])
+            budget.step(l + 1)
     return K
 
 
 def K0_continuous(net: Network, rtol: float = 1e-10, atol: float = 1e-12) -> np.ndarray:
-    """Solution of dK0/dt = S̄(K0), K0(0) = K_in (§4), evaluated at t_l; returns (L+1, P, P)."""
+    """Solution of dK0/dt = S̄(K0), K0(0) = K_in (§4), evaluated at t_l; returns (L+1, P, P).
+
+    InputError naming T if K0 overflows before T; ConvergenceError if the ODE solver fails otherwise.
+    """
     P = net.P
+    check_result("depth", (net.depth + 1) * P ** 2, f"the kernel over depth = {net.depth} layers")
 
     def rhs(_t, y):
         return S_bar(net, y.reshape(P, P)).ravel()
 
-    sol = solve_ivp(rhs, (0.0, net.T), net.K_in.ravel(), method="DOP853", t_eval=net.t, rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"K0 ODE solver failed: {sol.message}")
+    sol = solve_ode(rhs, net.K_in.ravel(), net.T, "the kernel K0", "rtol", t_eval=net.t, rtol=rtol, atol=atol)
     K = sol.y.T.reshape(-1, P, P)
     return 0.5 * (K + K.transpose(0, 2, 1))
 

@@ -28,6 +28,8 @@ import platform
 import sys
 import time
 import tomllib
+import zipfile
+import zlib
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -38,15 +40,17 @@ import scipy
 
 from . import __version__
 from . import ensemble as _ensemble
+from .cache import atomic_write, payload_checksum, reject
 from .config import Network, load_config, network_from_dict
 from .diagnostics import TERMS, diagnose
+from .estimators import MIN_COV_SAMPLES
 from .kernel import kernel
 from .result import KernelResult, to_jsonable, write_json
 from .tensors import circ
 from .theory import solve
 from .theory.gonly import coefficients, from_pairs, tadpole, to_pairs4
 from .validate import check_int, check_positive
-from .errors import InputError
+from .errors import InputError, Interrupted
 
 __all__ = ["reproduce", "default_network", "resolve_network", "PLANS", "ResultCache", "combine_batches",
            "extrapolate_width", "zscore", "relative_error", "FIGURES"]
@@ -116,9 +120,9 @@ def _plan(quick: bool, sizes: Mapping | None) -> dict[str, Any]:
     check_int("sizes.batches", B, 2)
     samples = plan["samples"]
     samples = (samples,) * len(widths) if isinstance(samples, (int, np.integer)) else tuple(samples)
-    if len(samples) != len(widths) or any(int(s) < 2 * B or int(s) % B for s in samples):
+    if len(samples) != len(widths) or any(int(s) < MIN_COV_SAMPLES * B or int(s) % B for s in samples):
         raise InputError(f"sizes.samples: must be one or {len(widths)} multiples of batches={B} that are "
-                         f">= {2 * B}, got {plan['samples']!r}")
+                         f">= {MIN_COV_SAMPLES * B}, got {plan['samples']!r}")
     if plan["diag_width"] not in widths:
         raise InputError(f"sizes.diag_width: must be one of the widths {list(widths)}, got {plan['diag_width']!r}")
     return {"widths": widths, "samples": tuple(int(s) for s in samples), "batches": int(B),
@@ -132,49 +136,80 @@ def batch_seed(seed: int, width: int, batch: int) -> int:
 
 # ------------------------------------------------------------------------------------------------------- cache
 class ResultCache:
-    """KernelResults on disk, one ``<kind>-<hash>.npz`` per result, keyed by the sha256 of the JSON of the
-    defining fields plus the kerneleft version. Written atomically (temporary file + rename)."""
+    """KernelResults on disk, one self-verifying ``<kind>-<hash>.npz`` per result (docs/numerics.md#caches).
+
+    The file name hashes the entry's *key*: ``kind``, the kerneleft version and the defining ``fields`` (for an
+    ensemble batch: config, method, width, samples, seed, chunk size). The file stores that key and a sha256 of its
+    whole payload; :meth:`get` trusts it only if both match, and otherwise (truncated, empty, corrupt, copied
+    from another key, older format) warns once (:class:`~kerneleft.cache.CacheWarning`) and recomputes. A result
+    marked ``interrupted`` is never stored. Writes are atomic (unique temporary file + ``os.replace``); concurrent
+    runs into one directory are last-writer-wins over complete, self-contained entries.
+    """
+
+    FORMAT = "kerneleft-cache/2"
 
     def __init__(self, root: str | Path, enabled: bool = True):
         self.root = Path(root)
         self.enabled = enabled
         self.hits = 0
         self.misses = 0
+        self.rejected = 0
+
+    @staticmethod
+    def key(kind: str, fields: Mapping) -> str:
+        """The entry's key as canonical JSON: kind, kerneleft version and ``fields``."""
+        return json.dumps(to_jsonable({"kind": kind, "kerneleft": __version__, **fields}), sort_keys=True)
 
     def path(self, kind: str, fields: Mapping) -> Path:
-        blob = json.dumps(to_jsonable({"kind": kind, "kerneleft": __version__, **fields}), sort_keys=True)
-        return self.root / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz"
+        return self.root / f"{kind}-{hashlib.sha256(self.key(kind, fields).encode()).hexdigest()[:20]}.npz"
 
     def get(self, kind: str, fields: Mapping, compute: Callable[[], KernelResult]) -> tuple[KernelResult, bool]:
-        """The cached result for (kind, fields), else ``compute()`` stored; returns (result, was_cached)."""
-        path = self.path(kind, fields)
+        """The verified cached result for (kind, fields), else ``compute()``, stored unless it is marked
+        ``interrupted``; returns (result, was_cached)."""
+        key, path = self.key(kind, fields), self.path(kind, fields)
         if self.enabled and path.exists():
-            self.hits += 1
-            return self._load(path), True
+            res = self._load(path, key)
+            if res is not None:
+                self.hits += 1
+                return res, True
+            self.rejected += 1
         self.misses += 1
         res = compute()
         res = KernelResult(res.t, res.arrays, res.se, json.loads(json.dumps(to_jsonable(res.meta))))
-        if self.enabled:
-            self._store(path, res)
+        if self.enabled and not res.meta.get("interrupted"):
+            self._store(path, key, res)
         return res, False
 
-    @staticmethod
-    def _store(path: Path, res: KernelResult) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"t": res.t, "meta": np.array(json.dumps(to_jsonable(res.meta)))}
-        data.update({f"a:{k}": v for k, v in res.arrays.items()})
-        data.update({f"s:{k}": v for k, v in res.se.items()})
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **data)
-        os.replace(tmp, path)
+    @classmethod
+    def _store(cls, path: Path, key: str, res: KernelResult) -> None:
+        data = {"format": np.array(cls.FORMAT), "key": np.array(key), "t": np.asarray(res.t),
+                "meta": np.array(json.dumps(to_jsonable(res.meta)))}
+        data.update({f"a:{k}": np.asarray(v) for k, v in res.arrays.items()})
+        data.update({f"s:{k}": np.asarray(v) for k, v in res.se.items()})
+        data["checksum"] = np.array(payload_checksum(data))
+        atomic_write(path, lambda fh: np.savez(fh, **data))
 
-    @staticmethod
-    def _load(path: Path) -> KernelResult:
-        with np.load(path) as z:
-            arrays = {k[2:]: z[k] for k in z.files if k.startswith("a:")}
-            se = {k[2:]: z[k] for k in z.files if k.startswith("s:")}
-            return KernelResult(z["t"], arrays, se, json.loads(str(z["meta"])))
+    @classmethod
+    def _load(cls, path: Path, key: str) -> KernelResult | None:
+        """The entry at ``path`` if it is intact and is exactly ``key``'s, else None (after a CacheWarning)."""
+        try:
+            with open(path, "rb") as fh, np.load(fh) as z:
+                data = {k: z[k] for k in z.files}
+            checksum = str(data.pop("checksum", ""))
+            if str(data.get("format", "")) != cls.FORMAT:
+                reason = f"not a {cls.FORMAT} entry (older kerneleft or another file)"
+            elif checksum != payload_checksum(data):
+                reason = "checksum mismatch (corrupt or edited)"
+            elif str(data["key"]) != key:
+                reason = "belongs to another key (copied or stale entry)"
+            else:
+                return KernelResult(data["t"], {k[2:]: v for k, v in data.items() if k.startswith("a:")},
+                                    {k[2:]: v for k, v in data.items() if k.startswith("s:")},
+                                    json.loads(str(data["meta"])))
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+            reason = f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty'})"
+        reject(path, reason)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -273,6 +308,7 @@ class _Stages:
     def __init__(self, total: int, verbose: bool):
         self.total, self.verbose, self.i = total, verbose, 0
         self.timings: dict[str, float] = {}
+        self.current = "setup"
 
     def say(self, msg: str) -> None:
         if self.verbose:
@@ -281,6 +317,7 @@ class _Stages:
     @contextmanager
     def __call__(self, name: str):
         self.i += 1
+        self.current = name
         self.say(f"stage {self.i}/{self.total}: {name} ...")
         t0 = time.perf_counter()
         yield
@@ -301,19 +338,49 @@ def _theory_dict(res: KernelResult) -> dict[str, Any]:
 
 
 def _simulate_width(net: Network, width: int, samples: int, batches: int, seed: int, workers: int,
-                    cache: ResultCache, log: _Stages, progress: bool) -> tuple[list[KernelResult], int]:
-    """The ``batches`` seeded ensembles of one width (cached one by one); returns (results, number cached)."""
+                    cache: ResultCache, log: _Stages, progress: bool,
+                    done: dict[str, dict[int, int]]) -> tuple[list[KernelResult], int]:
+    """The ``batches`` seeded ensembles of one width (cached one by one); returns (results, number cached).
+
+    ``done['batches'][width]`` and ``done['samples'][width]`` count the finished batches and the networks simulated
+    (a batch cut short included). A batch cut short by Ctrl-C is not cached and raises :class:`Interrupted`.
+    """
     per = samples // batches
+    chunk = _ensemble.default_chunk_size(_METHOD, net, width)
     out, cached = [], 0
     for b in range(batches):
         s = batch_seed(seed, width, b)
-        fields = {"config": net.to_dict(), "method": _METHOD, "width": width, "samples": per, "seed": s}
+        fields = {"config": net.to_dict(), "method": _METHOD, "width": width, "samples": per, "seed": s,
+                  "chunk_size": chunk}
         res, hit = cache.get("simulate", fields, lambda: _ensemble.simulate(
-            net, width=width, samples=per, seed=s, method=_METHOD, workers=workers, progress=progress))
+            net, width=width, samples=per, seed=s, method=_METHOD, workers=workers, chunk_size=chunk,
+            progress=progress))
+        done["samples"][width] += res.meta["samples"]
+        if res.meta.get("interrupted"):
+            raise Interrupted(f"batch {b + 1}/{batches} of width {width} cut short at {res.meta['samples']} of "
+                              f"{per} networks")
+        done["batches"][width] += 1
         cached += hit
         out.append(res)
     log.say(f"width n = {width}: {batches} batches x {per} networks ({cached} from cache)")
     return out, cached
+
+
+def _interrupted(out: Path, stage: str, record: dict, plan: dict, done: dict, cache: ResultCache) -> Interrupted:
+    """Write ``out/results.json`` (``interrupted: true``, the networks simulated per width) and a short
+    ``out/report.md`` for a run stopped by Ctrl-C/SIGTERM in ``stage``; returns the error to raise."""
+    total = len(plan["widths"]) * plan["batches"]
+    kept = f"they are cached in {out / 'cache'}" if cache.enabled else "the cache is disabled, so they are lost"
+    msg = (f"reproduce: interrupted in stage '{stage}' after {sum(done['batches'].values())} of {total} ensemble "
+           f"batches ({sum(done['samples'].values())} networks); {kept}; {out / 'results.json'} is marked "
+           f"interrupted; rerun the same command to finish")
+    write_json({**record, "interrupted": True, "stage": stage, "plan": plan, "samples": done["samples"],
+                "samples_requested": dict(zip(plan["widths"], plan["samples"])),
+                "batches_finished": done["batches"], "message": msg,
+                "cache": {"dir": str(out / "cache"), "enabled": cache.enabled, "hits": cache.hits,
+                          "misses": cache.misses, "rejected": cache.rejected}}, out / "results.json")
+    (out / "report.md").write_text(f"# kerneleft reproduce — interrupted\n\n{msg}.\n")
+    return Interrupted(msg)
 
 
 def _k1_source_t0(net: Network, ensembles: Mapping[int, KernelResult]) -> dict[str, Any]:
@@ -365,10 +432,14 @@ def reproduce(out: str | Path, quick: bool = False, config=None, *, sizes: Mappi
     ``quick``: the small plan :data:`PLANS` ['quick'] (< 2 min on 2 cores) instead of 'full' (< 20 min);
     ``sizes`` overrides plan keys (``widths``, ``samples``, ``batches``, ``diag_width``). ``seed``: root seed of all
     ensembles (default :data:`DEFAULT_SEED`). ``workers``: processes per ensemble. ``threshold``: relative error
-    closing the validity windows. ``use_cache``: reuse/store simulations and theories in ``out/cache``.
-    ``sigma_opts``: keyword options for the sigma solver.
+    closing the validity windows. ``use_cache``: reuse/store simulations and theories in ``out/cache`` (verified
+    entries, :class:`ResultCache`). ``sigma_opts``: keyword options for the sigma solver.
 
     Returns the results as a dict (numpy arrays; ``results.json`` holds the same with nested lists).
+    Ctrl-C/SIGTERM (docs/numerics.md#interrupts): the batches finished so far stay cached (a batch cut short is
+    dropped), ``results.json`` (``interrupted: true``, networks simulated per width) and a short ``report.md`` are
+    written, and :class:`~kerneleft.errors.Interrupted` is raised; a rerun finishes the rest and gives the numbers
+    of an uninterrupted run.
     """
     t_start = time.perf_counter()
     net, source = resolve_network(config)
@@ -386,58 +457,64 @@ def reproduce(out: str | Path, quick: bool = False, config=None, *, sizes: Mappi
             f"widths {list(plan['widths'])}, samples {list(plan['samples'])}, workers {workers}; output {out}")
     cfg = net.to_dict()
 
-    with log("K0 (discrete, continuous)"):
-        K0d = kernel(net, "discrete").K0
-        K0c = kernel(net, "continuous").K0
-    with log("theory g-only (continuous, discrete)"):
-        g_cont, _ = cache.get("theory", {"config": cfg, "closure": "g-only", "depth_model": "continuous"},
-                              lambda: solve(net, "g-only", depth_model="continuous"))
-        g_disc, _ = cache.get("theory", {"config": cfg, "closure": "g-only", "depth_model": "discrete"},
-                              lambda: solve(net, "g-only", depth_model="discrete"))
-    with log("theory sigma"):
-        try:
-            sig = {dm: cache.get("theory", {"config": cfg, "closure": "sigma", "depth_model": dm, "opts": sigma_opts},
+    done = {"batches": {n: 0 for n in plan["widths"]}, "samples": {n: 0 for n in plan["widths"]}}
+    try:
+        with log("K0 (discrete, continuous)"):
+            K0d = kernel(net, "discrete").K0
+            K0c = kernel(net, "continuous").K0
+        with log("theory g-only (continuous, discrete)"):
+            g_cont, _ = cache.get("theory", {"config": cfg, "closure": "g-only", "depth_model": "continuous"},
+                                  lambda: solve(net, "g-only", depth_model="continuous"))
+            g_disc, _ = cache.get("theory", {"config": cfg, "closure": "g-only", "depth_model": "discrete"},
+                                  lambda: solve(net, "g-only", depth_model="discrete"))
+        with log("theory sigma"):               # a failure is fatal and loud (its error, non-zero exit)
+            sig = {dm: cache.get("theory", {"config": cfg, "closure": "sigma", "depth_model": dm,
+                                            "opts": sigma_opts},
                                  lambda dm=dm: solve(net, "sigma", depth_model=dm, **sigma_opts))[0]
                    for dm in ("discrete", "continuous")}
-            sigma_error = None
-        except (NotImplementedError, RuntimeError, ValueError) as err:   # reported in report.md, not fatal
-            sig, sigma_error = None, f"{type(err).__name__}: {err}".splitlines()[0]
-            log.say(f"WARNING: sigma theory unavailable ({sigma_error}); the report omits it")
-    with log("ensembles (exact conditional sampler)"):
-        batches, ensembles, n_cached = {}, {}, 0
-        for n, N in zip(plan["widths"], plan["samples"]):
-            batches[n], hit = _simulate_width(net, n, N, plan["batches"], seed, workers, cache, log, progress)
-            ensembles[n] = combine_batches(batches[n])
-            n_cached += hit
-    widths = list(plan["widths"])
-    with log("width extrapolation"):
-        k1x = _ensemble.extrapolate_K1([ensembles[n] for n in widths])
-        v4x = extrapolate_width(widths, [ensembles[n]["V4"] for n in widths], [ensembles[n].se["V4"] for n in widths])
-        # E[G] by the drift estimator, K0 + K1_n/n; its n -> ∞ intercept tests K0 (finding 1)
-        gx = extrapolate_width(widths, [K0d + ensembles[n]["K1"] / n for n in widths],
-                               [ensembles[n].se["K1"] / n for n in widths])
-    with log("diagnostics"):
-        diags = {n: diagnose(net, width=n, samples=ensembles[n].meta["samples"], seed=seed, threshold=threshold,
-                             workers=workers, ensemble=batches[n]) for n in widths}
-    with log("analysis"):
-        results = _analyse(net, plan, K0d, K0c, g_cont, g_disc, sig, ensembles, k1x, v4x, gx, diags, threshold)
-    results.update(sigma_error=sigma_error,
-        format="kerneleft-reproduce/1", mode="quick" if quick else "full", sizes_override=dict(sizes or {}),
-        config=cfg, config_source=source, seed=seed, workers=workers, threshold=threshold, z_crit=Z_CRIT,
-        method=_METHOD, sigma_opts=sigma_opts, versions=_versions(),
-        seeds={n: [b.meta["seed"] for b in batches[n]] for n in widths},
-        cache={"dir": str(out / "cache"), "enabled": use_cache, "hits": cache.hits, "misses": cache.misses,
-               "simulations_run": sum(len(batches[n]) for n in widths) - n_cached})
-    with log("figures"):
-        from .figures import make_figures
-        results["figures"] = make_figures(results, out / "figures")
-    results["timings"] = dict(log.timings, total=time.perf_counter() - t_start)
-    results["timings"]["simulation_wall_s"] = {n: ensembles[n].meta["wall_s"] for n in widths}
-    write_json(results, out / "results.json")
-    (out / "report.md").write_text(render_report(results))
-    log.say(f"wrote {out / 'report.md'}, {out / 'results.json'}, {len(results['figures'])} figures "
-            f"in {results['timings']['total']:.1f} s")
-    return results
+        with log("ensembles (exact conditional sampler)"):
+            batches, ensembles, n_cached = {}, {}, 0
+            for n, N in zip(plan["widths"], plan["samples"]):
+                batches[n], hit = _simulate_width(net, n, N, plan["batches"], seed, workers, cache, log,
+                                                progress, done)
+                ensembles[n] = combine_batches(batches[n])
+                n_cached += hit
+        widths = list(plan["widths"])
+        with log("width extrapolation"):
+            k1x = _ensemble.extrapolate_K1([ensembles[n] for n in widths])
+            v4x = extrapolate_width(widths, [ensembles[n]["V4"] for n in widths],
+                                    [ensembles[n].se["V4"] for n in widths])
+            # E[G] by the drift estimator, K0 + K1_n/n; its n -> ∞ intercept tests K0 (finding 1)
+            gx = extrapolate_width(widths, [K0d + ensembles[n]["K1"] / n for n in widths],
+                                   [ensembles[n].se["K1"] / n for n in widths])
+        with log("diagnostics"):
+            diags = {n: diagnose(net, width=n, samples=ensembles[n].meta["samples"], seed=seed,
+                                 threshold=threshold, workers=workers, ensemble=batches[n]) for n in widths}
+        with log("analysis"):
+            results = _analyse(net, plan, K0d, K0c, g_cont, g_disc, sig, ensembles, k1x, v4x, gx, diags,
+                               threshold)
+        results.update(sigma_error=None,
+            format="kerneleft-reproduce/1", mode="quick" if quick else "full", sizes_override=dict(sizes or {}),
+            config=cfg, config_source=source, seed=seed, workers=workers, threshold=threshold, z_crit=Z_CRIT,
+            method=_METHOD, sigma_opts=sigma_opts, versions=_versions(),
+            seeds={n: [b.meta["seed"] for b in batches[n]] for n in widths},
+            cache={"dir": str(out / "cache"), "enabled": use_cache, "hits": cache.hits, "misses": cache.misses,
+                   "rejected": cache.rejected,
+                   "simulations_run": sum(len(batches[n]) for n in widths) - n_cached})
+        with log("figures"):
+            from .figures import make_figures
+            results["figures"] = make_figures(results, out / "figures")
+        results["timings"] = dict(log.timings, total=time.perf_counter() - t_start)
+        results["timings"]["simulation_wall_s"] = {n: ensembles[n].meta["wall_s"] for n in widths}
+        write_json(results, out / "results.json")
+        (out / "report.md").write_text(render_report(results))
+        log.say(f"wrote {out / 'report.md'}, {out / 'results.json'}, {len(results['figures'])} figures "
+                f"in {results['timings']['total']:.1f} s")
+        return results
+    except (KeyboardInterrupt, Interrupted):
+        record = {"format": "kerneleft-reproduce/1", "mode": "quick" if quick else "full", "config": cfg,
+                  "config_source": source, "seed": seed, "workers": workers, "method": _METHOD}
+        raise _interrupted(out, log.current, record, plan, done, cache) from None
 
 
 # ------------------------------------------------------------------------------------------------ analysis

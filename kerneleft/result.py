@@ -12,7 +12,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KernelResult", "to_jsonable", "write_json"]
+from .errors import InputError
+
+__all__ = ["KernelResult", "to_jsonable", "write_json", "first_nonfinite", "require_finite"]
+
+_HUGE = 1e150                  # beyond this, products of entries overflow float64
 
 
 @dataclass
@@ -61,19 +65,62 @@ class KernelResult:
         return to_jsonable(out)
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy arrays/scalars (recursively) to plain lists/floats; NaN/inf become None."""
+def first_nonfinite(a: np.ndarray) -> tuple[int, ...] | None:
+    """Index of the first NaN/±inf entry of a float array (C order; index[0] is the layer l), or None."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fc" or np.isfinite(a).all():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmin(np.isfinite(a))), a.shape))
+
+
+def require_finite(res: KernelResult, what: str = "the kernel") -> KernelResult:
+    """``res`` if every array is finite; else InputError ``T: <what> (<array>) overflows float64 by t = ...``
+    (``K_in: ...`` when already at t = 0).
+
+    Non-finite values that come with ±inf or with entries beyond 1e150 are float64 overflow of a kernel that grows
+    like e^{C_W t} (docs/numerics.md#overflow): the config (T, C_W, the scale of K_in) is the cause. Anything else
+    (a NaN among moderate numbers) is a bug: RuntimeError.
+    """
+    arrays = {**res.arrays, **{f"{k}_se": v for k, v in res.se.items()}}
+    for name, arr in arrays.items():
+        idx = first_nonfinite(arr)
+        if idx is None:
+            continue
+        t = float(res.t[idx[0]]) if np.ndim(arr) >= 1 and len(res.t) == np.shape(arr)[0] else float(res.t[-1])
+        huge = max(float(np.max(np.abs(a), where=np.isfinite(a), initial=0.0)) for a in arrays.values())
+        if not (np.isinf(arr).any() or huge > _HUGE):
+            raise RuntimeError(f"{name}: non-finite entry at t = {t:.3g} while every finite entry is below "
+                               f"{huge:.3g} (not an overflow)")
+        if t == 0:
+            raise InputError(f"K_in: {what} ({name}) overflows float64 already at t = 0; rescale K_in")
+        raise InputError(f"T: {what} ({name}) overflows float64 by t = {t:.3g}; reduce T, C_W or the scale of K_in")
+    return res
+
+
+def to_jsonable(obj: Any, _path: str = "") -> Any:
+    """Convert numpy arrays/scalars (recursively) to plain lists/floats.
+
+    A NaN or ±inf is never written (JSON has no such number and ``null`` would hide it): ValueError naming the key
+    and the index of the first non-finite entry. Computations raise their own error earlier (an InputError for an
+    overflowing config, :func:`require_finite`), so reaching this is a bug.
+    """
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, f"{_path}.{k}" if _path else str(k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [to_jsonable(v, f"{_path}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, np.ndarray):
-        if obj.dtype.kind in "iub" or (obj.dtype.kind == "f" and np.isfinite(obj).all()):
-            return obj.tolist()                 # fast path: already plain ints/floats/bools, nothing to replace
-        return to_jsonable(obj.tolist())
+        idx = first_nonfinite(obj)
+        if idx is not None:
+            raise ValueError(f"{_path or 'value'}: non-finite entry {obj[idx]} at index {list(idx)} (layer {idx[0]})"
+                             if idx else f"{_path or 'value'}: non-finite value {obj[()]}; refusing to write it")
+        if obj.dtype.kind in "iubf":
+            return obj.tolist()                 # plain ints/floats/bools
+        return to_jsonable(obj.tolist(), _path)
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
-        return f if np.isfinite(f) else None
+        if not np.isfinite(f):
+            raise ValueError(f"{_path or 'value'}: non-finite value {f}; refusing to write it")
+        return f
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, np.bool_):

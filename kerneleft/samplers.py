@@ -17,10 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Network
+from .kernel import overflow_error
 from .validate import check_int, check_positive
 from .errors import InputError
 
-__all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step"]
+__all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step", "check_layer"]
+
+_HUGE = 1e150           # beyond this, second moments of G (V4 = n Cov[G]) overflow float64
 
 
 def psd_factor(S: np.ndarray) -> np.ndarray:
@@ -30,6 +33,13 @@ def psd_factor(S: np.ndarray) -> np.ndarray:
     except np.linalg.LinAlgError:
         lam, U = np.linalg.eigh(S)
         return U * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
+
+
+def check_layer(net: Network, l: int, G_l: np.ndarray, *more: np.ndarray) -> None:
+    """InputError naming T (docs/numerics.md#overflow) if layer l's sampled G (or another array of that layer) is
+    not finite, or G is beyond 1e150, where the second moments that make V4 = n Cov[G] overflow float64."""
+    if not (all(np.isfinite(a).all() for a in (G_l, *more)) and np.abs(G_l).max() <= _HUGE):
+        raise overflow_error(net.t[l], "the network's kernel G")
 
 
 def _phi_into(act, x: np.ndarray, out: np.ndarray) -> None:
@@ -49,18 +59,23 @@ def _record(buf: np.ndarray, P: int, n: int, G_l: np.ndarray, Sigma_l: np.ndarra
 
 
 def _paths(net: Network, width: int, size: int, rng: np.random.Generator, increment) -> tuple:
-    """Shared layer loop: h^0 rows iid N(0, K_in) (§1); ``increment(h, phi, Sigma_l)`` adds √ε Δ to h in place."""
+    """Shared layer loop: h^0 rows iid N(0, K_in) (§1); ``increment(h, phi, Sigma_l)`` adds √ε Δ to h in place.
+
+    InputError naming T at the first layer whose G leaves float64 (docs/numerics.md#overflow), no RuntimeWarnings.
+    """
     n, P, L = width, net.P, net.depth
     G = np.empty((size, L + 1, P, P))
     Sigma = np.empty((size, L + 1, P, P))
     buf = np.empty((size, 2 * P, n))
     h, phi = buf[:, :P], buf[:, P:]
     h[...] = np.matmul(psd_factor(net.K_in), rng.standard_normal((size, P, n)))
-    for l in range(L + 1):
-        _phi_into(net.phi, h, phi)
-        _record(buf, P, n, G[:, l], Sigma[:, l])
-        if l < L:
-            increment(h, phi, Sigma[:, l])
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l in range(L + 1):
+            _phi_into(net.phi, h, phi)
+            _record(buf, P, n, G[:, l], Sigma[:, l])
+            check_layer(net, l, G[:, l], Sigma[:, l])
+            if l < L:
+                increment(h, phi, Sigma[:, l])
     return G, Sigma
 
 

@@ -8,10 +8,14 @@ ensemble *cell*; each distinct config × closure × depth model is a theory *cel
 "Sweeps and clusters".
 
 Every cell is identified by a hash of what determines its numbers (config, method, width, samples, seed, chunk
-size, or closure, depth model and options, plus the kerneleft version). A finished cell is written to
-``OUT/cells/<id>.json`` (the ``simulate``/``theory`` JSON contract plus a ``sweep`` provenance object) and is
-never recomputed. Ensembles run through :func:`kerneleft.ensemble.simulate` with a :class:`~.distributed.DaskMap`
-— the very same chunks and reduce as a local run, so the numbers are bit-identical — several cells at once
+size, or closure, depth model and options, plus the kerneleft version). A finished cell is written atomically to
+``OUT/cells/<id>.json`` (the ``simulate``/``theory`` JSON contract plus a ``sweep`` provenance object holding the
+key and a sha256 checksum of the rest) and is never recomputed while it verifies; an entry that does not (truncated,
+corrupt, another cell's) is recomputed after a one-line warning (docs/numerics.md#caches). Ctrl-C/SIGTERM stops
+the sweep, keeps the finished cells, writes the table and ``summary.json`` marked ``interrupted`` and raises
+:class:`~kerneleft.errors.Interrupted` (docs/numerics.md#interrupts). Ensembles run through
+:func:`kerneleft.ensemble.simulate` with a :class:`~.distributed.DaskMap` — the very same chunks and reduce as a
+local run, so the numbers are bit-identical — several cells at once
 (one client thread each); theory solves run as one task each. At the end all cells are gathered into one
 tidy Parquet table ``OUT/results.parquet`` (:data:`COLUMNS`).
 """
@@ -21,7 +25,6 @@ import hashlib
 import inspect
 import itertools
 import json
-import os
 import sys
 import threading
 import time
@@ -37,13 +40,15 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
+from .cache import atomic_write, reject
 from .config import Network, network_from_dict
 from .distributed import DaskMap, require
 from .ensemble import default_chunk_size, get_method, simulate
+from .estimators import MIN_COV_SAMPLES
 from .result import KernelResult, write_json
 from .theory import CLOSURES, solve
 from .validate import check_int
-from .errors import InputError
+from .errors import InputError, Interrupted
 
 __all__ = ["Cell", "Sweep", "SweepSummary", "parse_sweep", "load_sweep", "run_sweep", "cell_columns", "COLUMNS"]
 
@@ -269,7 +274,7 @@ def _ensemble_params(ens: dict, axes: dict, point: dict, net: Network) -> dict:
         get_method(p["method"])
     except ValueError as err:
         raise _one_line_error(loc["method"], err) from None
-    for k, minimum in (("width", 1), ("samples", 2), ("seed", 0)):
+    for k, minimum in (("width", 1), ("samples", MIN_COV_SAMPLES), ("seed", 0)):
         check_int(f"{loc[k]}.{k}", p[k], minimum)
     if p["chunk_size"] is None:
         p["chunk_size"] = default_chunk_size(p["method"], net, p["width"])
@@ -324,41 +329,61 @@ def _solve_theory(task: tuple) -> KernelResult:
 
 
 def _run_cell(cell: Cell, map: Callable) -> KernelResult:
-    """Compute one cell with ``map`` (builtins.map or a DaskMap wrapper); same numbers for any map."""
+    """Compute one cell with ``map`` (builtins.map or a DaskMap wrapper); same numbers for any map. An ensemble
+    cut short by Ctrl-C raises :class:`Interrupted` (a partial cell is never stored)."""
     if cell.kind == "theory":
         p = cell.params
         (res,) = map(_solve_theory, [(cell.net.to_dict(), p["closure"], p["depth_model"], p["options"])])
         return res
     p = cell.params
-    return simulate(cell.net, p["width"], p["samples"], p["seed"], p["method"], chunk_size=p["chunk_size"],
-                    progress=False, map=map, chunks_per_task=cell.chunks_per_task)
+    res = simulate(cell.net, p["width"], p["samples"], p["seed"], p["method"], chunk_size=p["chunk_size"],
+                   progress=False, map=map, chunks_per_task=cell.chunks_per_task)
+    if res.meta["interrupted"]:
+        raise Interrupted(f"cell {cell.id} cut short at {res.meta['samples']} of {p['samples']} networks")
+    return res
 
 
 def _cell_path(out: Path, cell: Cell) -> Path:
     return out / "cells" / f"{cell.id}.json"
 
 
+def _checksum(d: dict) -> str:
+    """sha256 of a stored cell's canonical JSON without its ``sweep.checksum``."""
+    body = {**d, "sweep": {k: v for k, v in d["sweep"].items() if k != "checksum"}}
+    return hashlib.sha256(_canonical(body).encode()).hexdigest()
+
+
 def _load_cached(out: Path, cell: Cell) -> dict | None:
-    """The cell's stored JSON if it exists and belongs to exactly this cell, else None."""
+    """The cell's stored JSON if it exists, is intact (checksum) and belongs to exactly this cell, else None; an
+    existing entry that fails a check is reported by a one-line CacheWarning (it will be recomputed)."""
+    path = _cell_path(out, cell)
+    if not path.exists():
+        return None
     try:
-        d = json.loads(_cell_path(out, cell).read_text())
-    except (OSError, ValueError):
+        d = json.loads(path.read_text())
+        meta = d["sweep"]
+        intact = meta["checksum"] == _checksum(d)
+        ours = _canonical(meta["key"]) == _canonical(cell.key)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        reject(path, f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty'})")
         return None
-    meta = d.get("sweep") if isinstance(d, dict) else None
-    if not isinstance(meta, dict) or meta.get("key") is None or _canonical(meta["key"]) != _canonical(cell.key):
-        return None
-    return d
+    if not intact:
+        reject(path, "checksum mismatch (corrupt or edited)")
+    elif not ours:
+        reject(path, "belongs to another cell (copied or stale entry)")
+    else:
+        return d
+    return None
 
 
 def _store(out: Path, cell: Cell, res: KernelResult) -> dict:
-    """Write the cell's JSON atomically (tmp file + rename) and return the stored dict."""
+    """Write the cell's JSON (with key and checksum) atomically and return the stored dict."""
     res.meta["sweep"] = {"cell": cell.id, "kind": cell.kind, "key": cell.key, "point": cell.point,
                          "arrays": list(res.arrays), "numpy_version": np.__version__}
     d = res.to_dict()
-    path = _cell_path(out, cell)
-    tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(d))                 # d is already plain JSON data (write_json would convert again)
-    os.replace(tmp, path)
+    d["sweep"]["checksum"] = _checksum(d)
+    text = json.dumps(d).encode()                 # d is already plain JSON data (write_json would convert again)
+    atomic_write(_cell_path(out, cell), lambda fh: fh.write(text))
     return d
 
 
@@ -384,7 +409,8 @@ def _dask_map(scheduler, workers: int):
 
 @dataclass
 class SweepSummary:
-    """Outcome of :func:`run_sweep`: cell ids ``computed`` now and ``cached`` (found finished), the table path."""
+    """Outcome of :func:`run_sweep`: cell ids ``computed`` now and ``cached`` (found finished), the table path;
+    ``interrupted``: stopped by Ctrl-C/SIGTERM (the cells in neither list are pending)."""
 
     cells: list[Cell]
     computed: list[str]
@@ -393,13 +419,15 @@ class SweepSummary:
     rows: int
     wall_s: float
     scheduler: str | None          # address of the Dask scheduler that computed cells (None: in-process)
+    interrupted: bool = False
 
     def to_dict(self) -> dict:
-        cached = set(self.cached)
+        status = {**{i: "computed" for i in self.computed}, **{i: "cached" for i in self.cached}}
         return {"cells": [{"id": c.id, "kind": c.kind, "point": c.point, "json": f"cells/{c.id}.json",
-                           "status": "cached" if c.id in cached else "computed"} for c in self.cells],
+                           "status": status.get(c.id, "pending")} for c in self.cells],
                 "n_cells": len(self.cells), "n_computed": len(self.computed), "n_cached": len(self.cached),
-                "table": self.table.name, "rows": self.rows, "wall_s": self.wall_s, "scheduler": self.scheduler}
+                "table": self.table.name, "rows": self.rows, "wall_s": self.wall_s, "scheduler": self.scheduler,
+                "interrupted": self.interrupted}
 
 
 def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, workers: int = 1,
@@ -409,7 +437,9 @@ def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, wor
     ``scheduler``: Dask scheduler address, scheduler file or ``dask.distributed.Client`` (``workers`` is then
     the number of workers to wait for); without it, ``workers`` > 1 starts a loopback LocalCluster of that many
     single-threaded worker processes, and ``workers`` = 1 runs serially in this process. The numbers do not
-    depend on this choice. Finished cells (``out/cells/<id>.json``) are read back, never recomputed.
+    depend on this choice. Finished cells (``out/cells/<id>.json``) are read back, never recomputed, if they verify.
+    Ctrl-C/SIGTERM: the table and summary of the finished cells are written (``interrupted: true``, the other
+    cells ``pending``), then :class:`~kerneleft.errors.Interrupted` is raised with the summary as ``result``.
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
@@ -425,14 +455,13 @@ def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, wor
     address = None
     bar = tqdm(total=sum(c.tasks for c in todo), unit="task", desc="sweep", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
-    lock, stop = threading.Lock(), threading.Event()
+    lock = threading.Lock()
+    interrupted = False
 
     def counted(inner: Callable) -> Callable:
-        """``inner`` that ticks the sweep's progress bar per task and stops when the sweep is aborted."""
+        """``inner`` that ticks the sweep's progress bar per task."""
         def map_(fn, tasks):
             for r in inner(fn, tasks):
-                if stop.is_set():
-                    raise _Aborted
                 with lock:
                     bar.update(1)
                 yield r
@@ -451,24 +480,26 @@ def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, wor
                     finish(cell, _run_cell(cell, counted(map)))
             else:
                 address = dmap.address
-                _run_threads(todo, counted(dmap), max(2, 2 * dmap.worker_threads), finish, stop)
+                _run_threads(todo, counted(dmap), max(2, 2 * dmap.worker_threads), finish, dmap.abort)
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
     finally:
         bar.close()
-    rows = _write_table(out / TABLE, sweep, [stored[c.id] for c in sweep.cells])
+    rows = _write_table(out / TABLE, sweep, [stored[c.id] for c in sweep.cells if stored[c.id] is not None])
     summary = SweepSummary(list(sweep.cells), computed, cached, out / TABLE, rows, time.perf_counter() - start,
-                           address)
+                           address, interrupted)
     write_json({**summary.to_dict(), "sweep": sweep.spec()}, out / SUMMARY)
+    if interrupted:
+        raise Interrupted(f"sweep: interrupted with {len(cached) + len(computed)} of {len(sweep.cells)} cells "
+                          f"finished; {out / TABLE} and {out / SUMMARY} hold them (interrupted: true); rerun the "
+                          f"same command to finish", result=summary)
     return summary
 
 
-class _Aborted(Exception):
-    """Raised in the cell threads once the sweep has failed or been interrupted."""
-
-
 def _run_threads(todo: list[Cell], map_: Callable, concurrency: int, finish: Callable,
-                 stop: threading.Event) -> None:
+                 abort: Callable[[], None]) -> None:
     """Run cells concurrently, one client thread each (all share the DaskMap's in-flight budget); on an error or
-    Ctrl-C, ``stop`` makes the other threads give up at their next task."""
+    Ctrl-C, ``abort()`` (:meth:`DaskMap.abort`) makes the other threads give up at once."""
     cells = iter(todo)
     n = min(concurrency, len(todo))
     with ThreadPoolExecutor(n, thread_name_prefix="kerneleft-sweep") as pool:
@@ -484,7 +515,7 @@ def _run_threads(todo: list[Cell], map_: Callable, concurrency: int, finish: Cal
                     if nxt is not None:
                         running[pool.submit(_run_cell, nxt, map_)] = nxt
         finally:
-            stop.set()
+            abort()
             for f in running:
                 f.cancel()
 
@@ -553,7 +584,5 @@ def _write_table(path: Path, sweep: Sweep, stored: list[dict]) -> int:
         arrays += [pa.array(cols["value"]), pa.array(cols["se"], mask=np.isnan(cols["se"]))]
         tables.append(pa.Table.from_arrays(arrays, schema=schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: pq.write_table(table, fh))
     return table.num_rows

@@ -185,11 +185,11 @@ def test_scheduler_argument_errors(net, tmp_path, capsys):
         rc = main(["simulate", str(cfg), "--width", "8", "--samples", "10", "--seed", "0",
                    "--scheduler", f"tcp://127.0.0.1:{_free_port()}", "--json", str(tmp_path / "o.json")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: scheduler: cannot connect to"), err
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --scheduler: cannot connect to"), err
     rc = main(["simulate", str(cfg), "--width", "8", "--samples", "10", "--seed", "0",
                "--scheduler", str(tmp_path / "missing.json"), "--json", str(tmp_path / "o.json")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == [f"error: scheduler: scheduler file {str(tmp_path / 'missing.json')!r} does not exist"]
+    assert rc == 2 and err == [f"error: --scheduler: scheduler file {str(tmp_path / 'missing.json')!r} does not exist"]
 
 
 def test_missing_dask_is_a_one_line_error(net, monkeypatch):

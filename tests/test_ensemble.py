@@ -15,7 +15,8 @@ import pytest
 
 from kerneleft import Network, ensemble
 from kerneleft.ensemble import chunk_statistics, get_method, simulate, transport_ops
-from kerneleft.estimators import Moments, extrapolate_K1, merge
+from kerneleft.cli import main
+from kerneleft.estimators import extrapolate_K1
 from kerneleft.gaussian import F
 from kerneleft.kernel import K0_discrete
 from kerneleft.result import KernelResult
@@ -115,22 +116,38 @@ def test_bit_identical_for_any_workers_and_batching():
     assert not np.array_equal(base["G_mean"], other["G_mean"])
 
 
-def test_chunk_seed_is_spawn_child():
-    children = np.random.SeedSequence(5).spawn(4)
-    assert np.random.SeedSequence(5, spawn_key=(3,)).generate_state(4).tolist() == \
-        children[3].generate_state(4).tolist()
+def test_chunk_i_is_drawn_from_the_ith_spawned_child():
+    """simulate's chunk i draws from SeedSequence(seed).spawn(..)[i]: folding chunk statistics built here from the
+    spawned children reproduces simulate bit for bit; the children in another order do not."""
+    net = _net("tanh", depth=3)
+    K0 = K0_discrete(net)
+    Tr = transport_ops(net, K0)
+    r = simulate(net, 8, 150, seed=7, chunk_size=50, progress=False)
+
+    def folded(children):
+        parts = [chunk_statistics(conditional_paths, net, 8, 50, c, Tr) for c in children]
+        return ensemble.statistics(parts[0].merge(parts[1]).merge(parts[2]), net, 8, K0)[0]
+
+    children = np.random.SeedSequence(7).spawn(3)
+    assert all(np.array_equal(v, r[k]) for k, v in folded(children).items())
+    assert not np.array_equal(folded(children[::-1])["V4"], r["V4"])
 
 
-def test_moments_merge_equals_pooled():
-    x = np.random.default_rng(0).standard_normal((301, 3, 4)) * [1.0, 2.0, 3.0, 0.5] + 7.0
-    parts = [Moments.from_samples(x[i:i + 50]) for i in range(0, 301, 50)]
-    total = parts[0]
-    for p in parts[1:]:
-        total = merge(total, p)
-    pooled = Moments.from_samples(x)
-    for k in ("mean", "M11", "M21", "M22"):
-        assert np.allclose(getattr(total, k), getattr(pooled, k), rtol=1e-10, atol=1e-9)
-    assert total.count == 301
+def test_cli_simulate_two_workers_default_chunk_size_bit_identical(tmp_path):
+    """`kerneleft simulate --workers 2` with the default chunk size (3 chunks of 512, 512, 76) writes the same
+    numbers as --workers 1."""
+    cfg = tmp_path / "net.toml"
+    cfg.write_text('activation = "tanh"\nC_W = 2.0\nC_b = 0.1\nT = 1.0\ndepth = 3\nK_in = [[1.0, 0.6], [0.6, 1.5]]\n')
+    out = {}
+    for w in (1, 2):
+        path = tmp_path / f"w{w}.json"
+        assert main(["simulate", str(cfg), "--width", "64", "--samples", "1100", "--seed", "3", "--workers", str(w),
+                     "--no-progress", "--json", str(path)]) == 0
+        out[w] = json.loads(path.read_text())
+    assert ensemble.default_chunk_size("conditional", _net(), 64) == out[2]["chunk_size"] == 512
+    assert out[2]["chunks"] == 3 and out[2]["workers"] == 2
+    arrays = [k for k in out[1] if k.startswith(("G_mean", "Sigma_mean", "V4", "K1", "cov"))]
+    assert len(arrays) == 16 and all(out[1][k] == out[2][k] for k in arrays)
 
 
 def test_partial_size_independent_of_samples():

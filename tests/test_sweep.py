@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kerneleft import network_from_dict
+from kerneleft.cache import CacheWarning
 from kerneleft.cli import main
 from kerneleft.ensemble import simulate
 from kerneleft.sweep import COLUMNS, load_sweep, parse_sweep, run_sweep
@@ -105,7 +106,7 @@ def test_grid_expansion_and_stable_cell_ids(tmp_path, sweep_file):
     ({"base": {**BASE, "depth": 0}}, "base.depth: must be an integer >= 1"),
     ({"base": None}, "base: required table"),
     ({"ensemble": {"seed": 1}}, "ensemble.samples: required"),
-    ({"ensemble": {"samples": 1, "seed": 1}}, "ensemble.samples: must be an integer >= 2"),
+    ({"ensemble": {"samples": 1, "seed": 1}}, "ensemble.samples: must be an integer >= 3"),
     ({"ensemble": {"samples": 10, "seed": 1, "stop": 1}}, "ensemble.stop: unknown setting"),
     ({"ensemble": None, "theory": None}, "ensemble: a sweep needs"),
     ({"ensemble": None}, "axes.width: ensemble setting, but the sweep has no [ensemble] table"),
@@ -169,7 +170,8 @@ def test_rerun_recomputes_nothing_and_extension_only_new_cells(tmp_path, sweep_f
     victim = summary["cells"][0]["json"]
     (out / victim).write_text("{not json")
     sweep_file.write_text(TOML.replace("width = [8, 12]", "width = [8, 12, 16]"))
-    result = run_sweep(sweep_file, out, progress=False)
+    with pytest.warns(CacheWarning, match=f"cache: .*{victim}: unreadable"):
+        result = run_sweep(sweep_file, out, progress=False)
     assert len(result.computed) == 3 and len(result.cached) == 5
     recomputed = sorted(c.point["width"] for c in result.cells if c.id in result.computed)
     assert recomputed == sorted([summary["cells"][0]["point"]["width"], 16, 16])

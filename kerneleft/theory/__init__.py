@@ -1,25 +1,44 @@
-"""Leading-order finite-width theories: E[G] ≈ K0 + K1/n, n Cov[G] ≈ V4 (THEORY §5, §6).
+"""Leading-order finite-width theories: E[G] ≈ K0 + K1/n, n Cov[G] ≈ V4 (docs/gonly.md, docs/sigma.md).
 
-``solve(net, closure, depth_model, **opts)`` dispatches to the G-only EFT (§5, :mod:`.gonly`) or the
-sigma-kernel theory (§6, :mod:`.sigma`); both return a :class:`~kerneleft.result.KernelResult` on net.t.
-Identical inputs (K_aa = K_bb = K_ab) give identical pre-activations in every neuron and layer, so they are
-merged before solving and the result is expanded back: exact, and it keeps degenerate kernels finite.
+``solve(net, closure, depth_model, **opts)`` dispatches to the G-only EFT (:mod:`.gonly`) or the sigma-kernel
+theory (:mod:`.sigma`); both return a :class:`~kerneleft.result.KernelResult` on net.t.
+
+Identical and nearly identical inputs (docs/numerics.md#ill-conditioned). Identical inputs (K_aa = K_bb = K_ab)
+give identical pre-activations in every neuron and layer, so they are merged before solving and the result is
+expanded back: exact, and it keeps degenerate kernels finite. Inputs a, b with
+max(|K_aa − K_bb|, |K_ab − K_bb|) <= τ·K_bb are merged too (:func:`merge_rtol`): V4 and K1 depend on K_in
+differentiably at the diagonal (also for relu, measured: V4 and K1 move by O(τ)·scale), so merging changes them by
+O(τ) relative, below the solver's tolerance. τ = 1e-12 for the G-only theory (its closed forms and quadrature are
+accurate at any 1 − ρ, so only rounding-level ties are merged) and 0.01·tol for the sigma theory (whose plane
+grids are whitened to resolve the thin direction of a nearly singular block, measured down to 1 − ρ = 1e-10).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..config import Network
-from ..result import KernelResult
 from ..errors import InputError
+from ..result import KernelResult
 
-__all__ = ["solve", "CLOSURES", "distinct_inputs"]
+__all__ = ["solve", "CLOSURES", "distinct_inputs", "merge_rtol", "representatives", "expand"]
 
 CLOSURES = ("g-only", "sigma")
+EXACT_RTOL = 1e-12          # rounding-level ties: merged by every solver
 
 
-def distinct_inputs(K: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
-    """rep[a] = index into the distinct inputs of input a; inputs a, b are identical iff K_aa = K_bb = K_ab."""
+def merge_rtol(closure: str, opts: dict) -> float:
+    """τ: inputs within relative distance τ are merged (module docstring). sigma: 0.01·tol, G-only: 1e-12."""
+    if closure == "sigma":
+        from .sigma import DEFAULT_TOL
+        tol = opts.get("tol", DEFAULT_TOL)
+        if isinstance(tol, (int, float, np.integer, np.floating)) and not isinstance(tol, bool) and tol > 0:
+            return max(EXACT_RTOL, 0.01 * float(tol))
+    return EXACT_RTOL
+
+
+def distinct_inputs(K: np.ndarray, rtol: float = EXACT_RTOL) -> np.ndarray:
+    """rep[a] = index into the distinct inputs of input a; a, b count as identical iff
+    |K_aa − K_bb| <= rtol·K_bb and |K_ab − K_bb| <= rtol·K_bb (b the first input of its class)."""
     P = K.shape[0]
     rep, firsts = np.empty(P, dtype=int), []
     for a in range(P):
@@ -33,7 +52,13 @@ def distinct_inputs(K: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
     return rep
 
 
-def _expand(arr: np.ndarray, rep: np.ndarray) -> np.ndarray:
+def representatives(K: np.ndarray, rtol: float = EXACT_RTOL) -> tuple[np.ndarray, np.ndarray]:
+    """(rep, first): rep = :func:`distinct_inputs`, first[j] = the first input of class j (its representative)."""
+    rep = distinct_inputs(K, rtol)
+    return rep, np.array([np.flatnonzero(rep == j)[0] for j in range(rep.max() + 1)])
+
+
+def expand(arr: np.ndarray, rep: np.ndarray) -> np.ndarray:
     """arr[l, i, j, ...] over distinct inputs -> arr[l, rep[a], rep[b], ...] over all P inputs."""
     return arr[(slice(None),) + np.ix_(*[rep] * (arr.ndim - 1))]
 
@@ -50,14 +75,18 @@ def _solve_distinct(net: Network, closure: str, depth_model: str, **opts) -> Ker
 
 
 def solve(net: Network, closure: str, depth_model: str = "continuous", **opts) -> KernelResult:
-    """Solve the theory named by ``closure`` ("g-only" §5 or "sigma" §6); ``opts`` go to the solver."""
+    """Solve the theory named by ``closure`` ("g-only" or "sigma"); ``opts`` go to the solver.
+
+    Nearly identical inputs are merged first (module docstring); meta then has ``merged_inputs`` (rep[a] for
+    every input) and ``merge_rtol`` (τ).
+    """
     if closure not in CLOSURES:
         raise InputError(f"closure: must be one of {', '.join(CLOSURES)}, got {closure!r}")
-    rep = distinct_inputs(net.K_in)
-    if rep.max() + 1 == net.P:
+    tau = merge_rtol(closure, opts)
+    rep, first = representatives(net.K_in, tau)
+    if first.size == net.P:
         return _solve_distinct(net, closure, depth_model, **opts)
-    first = np.array([np.flatnonzero(rep == j)[0] for j in range(rep.max() + 1)])
     res = _solve_distinct(net.replace(K_in=net.K_in[np.ix_(first, first)]), closure, depth_model, **opts)
-    arrays = {k: _expand(v, rep) for k, v in res.arrays.items()}
-    meta = dict(res.meta, config=net.to_dict(), merged_inputs=rep.tolist())
-    return KernelResult(res.t, arrays, {k: _expand(v, rep) for k, v in res.se.items()}, meta)
+    arrays = {k: expand(v, rep) for k, v in res.arrays.items()}
+    meta = dict(res.meta, config=net.to_dict(), merged_inputs=rep.tolist(), merge_rtol=tau)
+    return KernelResult(res.t, arrays, {k: expand(v, rep) for k, v in res.se.items()}, meta)

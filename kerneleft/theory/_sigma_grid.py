@@ -8,7 +8,13 @@ flow and with 𝒯. Each plane (a line for P = 1) carries all P(P+1)/2 marginal 
 the heat flow is exact in Fourier space (integrating-factor RK4), sources are Gaussian densities times
 the conditional expectation of p_ab given the plane coordinates (a 1-D Gaussian smoothing of φ or φ² for the
 one out-of-plane coordinate when P = 3). Truncation parameters: points per axis ``n`` and the box half-width
-``box`` in units of the largest standard deviation; spectral for smooth φ, O(h²) for relu.
+``box`` in standard deviations; spectral for smooth φ, O(h²) for relu.
+
+Whitened coordinates (docs/sigma.md#representations, docs/numerics.md#ill-conditioned). The grid lives in
+y = A⁻¹x with A Aᵀ = K_T, the plane block of the largest kernel K0(T) (K0 is non-decreasing in t, so every μ_t
+fits): the box is the ±box·σ parallelogram of the covariance ellipse, and densities are stored per unit y-volume.
+For two nearly identical inputs the plane is a thin ellipse (width ~ √(1−ρ)); an axis-aligned grid would need
+~1/√(1−ρ) points per axis, the whitened one resolves it like any other. Derivatives map as ∂_x = A⁻ᵀ∂_y.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.interpolate import CubicSpline
 
+from ..errors import InputError
 from ._sigma_march import layer_node, march
 
 __all__ = ["Plane", "planes", "plane_pairings", "MAX_P"]
@@ -28,15 +35,19 @@ _WZ = np.exp(-0.5 * _Z ** 2) * (_Z[1] - _Z[0]) / np.sqrt(2.0 * np.pi)
 
 
 class Plane(NamedTuple):
-    """One coordinate plane (or line) with its grid.
+    """One coordinate plane (or line) with its whitened grid.
 
-    axes : (Q,) global coordinates of the plane, Q = 1 or 2.   x : (Q, *grid) coordinates of the nodes.
-    k : Q arrays broadcastable to the rfftn spectrum (angular wavenumbers); kd : the same, Nyquist zeroed.
-    dV : cell volume.   targets : pair numbers r = (c <= d) whose pairings are read on this plane.
+    axes : (Q,) global coordinates of the plane, Q = 1 or 2.   A : (Q, Q) with A Aᵀ = K_T (plane block);
+    G = A⁻¹.   y : (Q, *grid) whitened node coordinates, x = A y : (Q, *grid) the nodes in the plane.
+    k : Q arrays broadcastable to the rfftn spectrum (angular wavenumbers in y); kd : the same, Nyquist zeroed.
+    dV : cell volume in y.   targets : pair numbers r = (c <= d) whose pairings are read on this plane.
     g : (n_targets, *grid) test functions p_r = φ(x_c) φ(x_d).
     """
 
     axes: tuple
+    A: np.ndarray
+    G: np.ndarray
+    y: np.ndarray
     x: np.ndarray
     k: tuple
     kd: tuple
@@ -49,26 +60,37 @@ def _pair_list(P: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(P)
 
 
+def _whitening(B: np.ndarray) -> np.ndarray:
+    """A = U Λ^{1/2} with B = U Λ Uᵀ (principal axes), so that A Aᵀ = B; B (Q, Q) positive definite."""
+    lam, U = np.linalg.eigh(B)
+    if lam[0] <= 0.0:
+        raise InputError("K_in: a 2x2 block of the kernel is singular; the sigma theory needs linearly "
+                         "independent inputs (identical inputs are merged automatically)")
+    return U * np.sqrt(lam)
+
+
 def planes(act, K: np.ndarray, n: int, box: float) -> list[Plane]:
-    """Planes {c < d} (the line {0} if P = 1) for kernels K (T, P, P): n nodes per axis, half-width box·√max K_cc."""
+    """Planes {c < d} (the line {0} if P = 1) for kernels K (T, P, P): n nodes per whitened axis on [−box, box)."""
     P = K.shape[-1]
     a, b = _pair_list(P)
     all_axes = [(0,)] if P == 1 else [(c, d) for c in range(P) for d in range(c + 1, P)]
     owner = {r: next(i for i, ax in enumerate(all_axes) if {a[r], b[r]} <= set(ax)) for r in range(a.size)}
+    h = 2.0 * box / n
     out = []
     for i, axes in enumerate(all_axes):
-        half = box * np.sqrt(K[:, axes, axes].max(axis=0))
-        h = 2.0 * half / n
-        x = np.stack(np.meshgrid(*[-half[j] + h[j] * np.arange(n) for j in range(len(axes))], indexing="ij"))
-        k = [2 * np.pi * np.fft.fftfreq(n, hj) for hj in h[:-1]] + [2 * np.pi * np.fft.rfftfreq(n, h[-1])]
+        Q = len(axes)
+        A = _whitening(K[-1][np.ix_(axes, axes)])
+        y = np.stack(np.meshgrid(*[-box + h * np.arange(n)] * Q, indexing="ij"))
+        x = np.tensordot(A, y, axes=1)
+        k = [2 * np.pi * np.fft.fftfreq(n, h)] * (Q - 1) + [2 * np.pi * np.fft.rfftfreq(n, h)]
         kd = [np.where(np.arange(kj.size) == n // 2, 0.0, kj) for kj in k]
-        shape = lambda j: tuple(-1 if m == j else 1 for m in range(len(axes)))  # noqa: E731
+        shape = lambda j: tuple(-1 if m == j else 1 for m in range(Q))  # noqa: E731
         targets = np.array([r for r in range(a.size) if owner[r] == i], dtype=int)
         pos = {c: j for j, c in enumerate(axes)}
         phi = act(x)
         g = np.stack([phi[pos[a[r]]] * phi[pos[b[r]]] for r in targets])
-        out.append(Plane(axes, x, tuple(kj.reshape(shape(j)) for j, kj in enumerate(k)),
-                         tuple(kj.reshape(shape(j)) for j, kj in enumerate(kd)), float(np.prod(h)), targets, g))
+        out.append(Plane(axes, A, np.linalg.inv(A), y, x, tuple(kj.reshape(shape(j)) for j, kj in enumerate(k)),
+                         tuple(kj.reshape(shape(j)) for j, kj in enumerate(kd)), h ** Q, targets, g))
     return out
 
 
@@ -82,17 +104,23 @@ def _smoothed(act, m: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]
 
 
 def _factors(act, pl: Plane, K: np.ndarray) -> np.ndarray:
-    """E[p_r(x) | plane coordinates] for every pair r, on the grid; K (P, P) -> (N, *grid)."""
+    """E[p_r(x) | plane coordinates] for every pair r, on the grid; K (P, P) -> (N, *grid).
+
+    The out-of-plane coordinate o (P = 3) given x = A y has mean K_op K_pp⁻¹ x = wᵀ M⁻¹ y and variance
+    K_oo − wᵀ M⁻¹ w, with w = G K_po and M = G K_pp Gᵀ (whitened, so a thin plane does not lose digits).
+    """
     P = K.shape[-1]
     a, b = _pair_list(P)
     ax = list(pl.axes)
     phi = act(pl.x)
     pos = {c: j for j, c in enumerate(ax)}
+    M = pl.G @ K[np.ix_(ax, ax)] @ pl.G.T
     cond = {}
     for o in sorted(set(range(P)) - set(ax)):                     # the out-of-plane coordinate (P = 3)
-        beta = np.linalg.solve(K[np.ix_(ax, ax)], K[ax, o])
-        var = max(K[o, o] - beta @ K[ax, o], 0.0)
-        cond[o] = _smoothed(act, np.tensordot(beta, pl.x, axes=1), np.sqrt(var))
+        w = pl.G @ K[ax, o]
+        beta = np.linalg.solve(M, w)
+        var = max(K[o, o] - beta @ w, 0.0)
+        cond[o] = _smoothed(act, np.tensordot(beta, pl.y, axes=1), np.sqrt(var))
     f = []
     for r in range(a.size):
         i, j = a[r], b[r]
@@ -107,10 +135,10 @@ def _factors(act, pl: Plane, K: np.ndarray) -> np.ndarray:
 
 
 def _gauss(pl: Plane, K: np.ndarray) -> np.ndarray:
-    """Density of N(0, K restricted to the plane) on the grid."""
-    Kp = K[np.ix_(pl.axes, pl.axes)]
-    q = np.einsum("i...,ij,j...->...", pl.x, np.linalg.inv(Kp), pl.x)
-    return np.exp(-0.5 * q) / np.sqrt(np.linalg.det(2 * np.pi * Kp))
+    """Density per unit y-volume of N(0, K restricted to the plane): N(y; 0, M), M = G K_pp Gᵀ."""
+    M = pl.G @ K[np.ix_(pl.axes, pl.axes)] @ pl.G.T
+    q = np.einsum("i...,ij,j...->...", pl.y, np.linalg.inv(M), pl.y)
+    return np.exp(-0.5 * q) / np.sqrt(np.linalg.det(2 * np.pi * M))
 
 
 def _source(act, pl: Plane, K: np.ndarray) -> np.ndarray:
@@ -122,11 +150,29 @@ def _source(act, pl: Plane, K: np.ndarray) -> np.ndarray:
     return (f - F) * mu
 
 
-def _quad(pl: Plane, dK: np.ndarray) -> np.ndarray:
-    """½ Σ_ij k_i k_j dK_ij on the spectrum of the plane."""
+def _second(pl: Plane, X: np.ndarray, nyquist: bool) -> np.ndarray:
+    """Fourier symbol of −Σ_ij X_ij ∂_{x_i}∂_{x_j} = Σ_jk (G X Gᵀ)_jk k_j k_k on the spectrum; X (Q, Q) in x.
+
+    ``nyquist=False`` zeroes the Nyquist mode in the mixed terms j != k (odd first derivatives), as for a real
+    mixed derivative; the heat-flow exponent keeps it (``True``).
+    """
+    Y = pl.G @ X @ pl.G.T
     Q = len(pl.axes)
-    d = pl.axes
-    return 0.5 * sum(pl.k[i] * pl.k[j] * dK[d[i], d[j]] for i in range(Q) for j in range(Q))
+    k = pl.k if nyquist else pl.kd
+    return sum(Y[j, m] * (pl.k[j] ** 2 if j == m else k[j] * k[m]) for j in range(Q) for m in range(Q))
+
+
+def _quad(pl: Plane, dK: np.ndarray) -> np.ndarray:
+    """½ Σ_ij k_i k_j dK_ij on the spectrum of the plane (x-wavenumbers k_x = Gᵀ k_y)."""
+    return 0.5 * _second(pl, dK[np.ix_(pl.axes, pl.axes)], True)
+
+
+def _unit(Q: int, i: int, j: int) -> np.ndarray:
+    """X (Q, Q) with Σ_ef X_ef ∂_e∂_f = Σ over ordered pairs of ∂_a∂_b for the pair (a, b): e_i e_jᵀ + e_j e_iᵀ."""
+    X = np.zeros((Q, Q))
+    X[i, j] += 1.0
+    X[j, i] += 1.0
+    return X if i != j else X / 2
 
 
 def plane_pairings(act, C_W: float, tg, pl: Plane):
@@ -143,7 +189,7 @@ def plane_pairings(act, C_W: float, tg, pl: Plane):
     idx = "xy"[:Q]
     shape = pl.x.shape[1:]
     pos = {c: j for j, c in enumerate(pl.axes)}
-    lap = [(r, 2.0 * pl.kd[pos[a[r]]] * pl.kd[pos[b[r]]] if a[r] != b[r] else pl.k[pos[a[r]]] ** 2)
+    lap = [(r, _second(pl, _unit(Q, pos[a[r]], pos[b[r]]), False))
            for r in range(a.size) if a[r] in pos and b[r] in pos]
 
     def fft(x):

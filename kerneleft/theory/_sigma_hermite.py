@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..gaussian import diag_moments, pair_moments
+from .. import limits
 from ._sigma_march import layer_node, march
 
 __all__ = ["multi_indices", "covariance_blocks", "derivative_table", "hermite_pairings"]
@@ -70,38 +71,62 @@ def derivative_table(act, K: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     return out
 
 
-def hermite_pairings(act, C_W: float, tg, degrees: list[int]):
-    """March ω over the time grid ``tg`` (a :class:`.sigma.TimeGrid`) with the truncation set = ``degrees``.
+def _table(act, K: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """:func:`derivative_table` over the nodes K (T, P, P) in chunks, with progress/refusal (option ``degree``)."""
+    T = K.shape[0]
+    step = max(1, T // 16)
+    out = np.empty((T, K.shape[-1] * (K.shape[-1] + 1) // 2, alphas.shape[0]))
+    order = int(alphas.sum(axis=1).max())
+    with limits.Budget("degree", T, f"Hermite moments of order {order} at {T} nodes") as budget:
+        for i in range(0, T, step):
+            out[i:i + step] = derivative_table(act, K[i:i + step], alphas)
+            budget.step(min(i + step, T))
+    return out
 
-    Returns the same tuple as :func:`._sigma_grid.plane_pairings` for all targets: Npp_st (M, S, N, N),
-    N2_st (M, S, N), Npp (L+1, N, N), Cpp (L+1, N, N) (Cov_μ truncated to the same degrees).
+
+def hermite_pairings(act, C_W: float, tg, truncations: list[list[int]]):
+    """March ω over the time grid ``tg`` (a :class:`.sigma.TimeGrid`) for each truncation set of degrees.
+
+    Returns, per truncation, the same tuple as :func:`._sigma_grid.plane_pairings` for all targets: Npp_st
+    (M, S, N, N), N2_st (M, S, N), Npp (L+1, N, N), Cpp (L+1, N, N) (Cov_μ truncated to the same degrees); an
+    empty truncation gives zeros (R^num = 0). The moment tables of the largest set are computed once and sliced.
     """
     K = tg.K
     P = K.shape[-1]
     a, b = np.triu_indices(P)
+    N, T, D = a.size, K.shape[0], max(max(d, default=0) for d in truncations)
     mult = np.where(a == b, 1.0, 2.0)
-    blocks = covariance_blocks(K, max(degrees))
-    A = np.concatenate([multi_indices(P, k) for k in degrees])
-    C = np.zeros(K.shape[:-2] + (A.shape[0],) * 2)
-    start = 0
-    for k in degrees:
-        nk = blocks[k].shape[-1]
-        C[..., start:start + nk, start:start + nk] = blocks[k]
-        start += nk
-    shifted = np.stack([A + np.bincount([a[p], b[p]], minlength=P) for p in range(a.size)])      # (N, nA, P)
-    table = derivative_table(act, K, np.concatenate([A, shifted.reshape(-1, P)]))
-    Pi = table[..., :A.shape[0]]                                                     # (T, N, nA)
-    Pi2 = table[..., A.shape[0]:].reshape(K.shape[:-2] + (a.size, a.size, A.shape[0]))   # (T, r, p, nA)
-    S = 0.5 * C_W * Pi @ C                                                           # (T, N, nA)
+    A = np.concatenate([multi_indices(P, k) for k in range(1, D + 1)]) if D else np.zeros((0, P), dtype=int)
+    nA = A.shape[0]
+    limits.check_bytes("degree", 8.0 * T * (nA * nA + 2 * N * N * nA + 2 * N * nA),
+                       f"the Hermite truncation at degree {D} (P = {P}, {nA} multi-indices, {T} time nodes)")
+    blocks = covariance_blocks(K, D)
+    shifted = np.stack([A + np.bincount([a[p], b[p]], minlength=P) for p in range(N)])      # (N, nA, P)
+    table = _table(act, K, np.concatenate([A, shifted.reshape(-1, P)])) if nA else np.zeros((T, N, 0))
+    Pi_all = table[..., :nA]                                                         # (T, N, nA)
+    Pi2_all = table[..., nA:].reshape(K.shape[:-2] + (N, N, nA))                     # (T, r, p, nA)
+    deg = A.sum(axis=1)
+    steps = (T - 1) // (1 if tg.scheme == "euler" else 2)
+    out = []
+    for degrees in truncations:
+        keep = np.isin(deg, degrees)
+        Pi, Pi2 = Pi_all[..., keep], Pi2_all[..., keep]
+        C = np.zeros(K.shape[:-2] + (int(keep.sum()),) * 2)
+        start = 0
+        for k in sorted(degrees):
+            nk = blocks[k].shape[-1]
+            C[..., start:start + nk, start:start + nk] = blocks[k]
+            start += nk
+        S = 0.5 * C_W * Pi @ C                                                       # (T, N, nA)
 
-    def f(_n, _s, i, w):
-        return C_W * tg.Jp[i] @ w + S[i], (w @ Pi[i].T, np.einsum("p,pb,rpb->r", mult, w, Pi2[i]))
+        def f(_n, _s, i, w, Pi=Pi, Pi2=Pi2, S=S):
+            return C_W * tg.Jp[i] @ w + S[i], (w @ Pi[i].T, np.einsum("p,pb,rpb->r", mult, w, Pi2[i]))
 
-    def at_layer(l, w):
-        i = layer_node(tg.scheme, tg.stride, l)
-        return w @ Pi[i].T, Pi[i] @ C[i] @ Pi[i].T
+        def at_layer(l, w, Pi=Pi, C=C):
+            i = layer_node(tg.scheme, tg.stride, l)
+            return w @ Pi[i].T, Pi[i] @ C[i] @ Pi[i].T
 
-    steps = (K.shape[0] - 1) // (1 if tg.scheme == "euler" else 2)
-    (Npp_st, N2_st), (Npp, Cpp) = march(f, None, np.zeros((a.size, A.shape[0])), steps, tg.h, tg.stride,
-                                        tg.scheme, at_layer)
-    return Npp_st, N2_st, Npp, Cpp
+        (Npp_st, N2_st), (Npp, Cpp) = march(f, None, np.zeros((N, Pi.shape[-1])), steps, tg.h, tg.stride,
+                                            tg.scheme, at_layer)
+        out.append((Npp_st, N2_st, Npp, Cpp))
+    return out

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..limits import Budget
+
 __all__ = ["march", "layer_node"]
 
 
@@ -30,20 +32,25 @@ def march(f, decay, u, steps: int, h: float, stride: int, scheme: str, at_layer)
     one = lambda i, j: 1.0  # noqa: E731
     E = decay or one
     stages, layers = [], [at_layer(0, u)]
-    for n in range(steps):
-        if scheme == "euler":
-            k, out = f(n, 0, n, u)
-            u = E(n, n + 1) * (u + h * k)
-            stages.append([out])
-        else:
-            i0, i1, i2 = 2 * n, 2 * n + 1, 2 * n + 2
-            E01, E02, E12 = E(i0, i1), E(i0, i2), E(i1, i2)
-            ka, oa = f(n, 0, i0, u)
-            kb, ob = f(n, 1, i1, E01 * (u + 0.5 * h * ka))
-            kc, oc = f(n, 2, i1, E01 * u + 0.5 * h * kb)
-            kd, od = f(n, 3, i2, E02 * u + h * E12 * kc)
-            u = E02 * (u + h / 6 * ka) + h / 6 * (2 * E12 * (kb + kc) + kd)
-            stages.append([oa, ob, oc, od])
-        if (n + 1) % stride == 0:
-            layers.append(at_layer((n + 1) // stride, u))
+    with Budget("depth", steps, f"sigma time marching over {steps} steps") as budget:
+        for n in range(steps):
+            out, u = _step(f, E, n, u, h, scheme)
+            stages.append(out)
+            if (n + 1) % stride == 0:
+                layers.append(at_layer((n + 1) // stride, u))
+            budget.step(n + 1)
     return _stack([_stack(st) for st in stages]), _stack(layers)
+
+
+def _step(f, E, n: int, u, h: float, scheme: str) -> tuple[list, object]:
+    """One step n from u: (the stage outputs, the new u)."""
+    if scheme == "euler":
+        k, out = f(n, 0, n, u)
+        return [out], E(n, n + 1) * (u + h * k)
+    i0, i1, i2 = 2 * n, 2 * n + 1, 2 * n + 2
+    E01, E02, E12 = E(i0, i1), E(i0, i2), E(i1, i2)
+    ka, oa = f(n, 0, i0, u)
+    kb, ob = f(n, 1, i1, E01 * (u + 0.5 * h * ka))
+    kc, oc = f(n, 2, i1, E01 * u + 0.5 * h * kb)
+    kd, od = f(n, 3, i2, E02 * u + h * E12 * kc)
+    return [oa, ob, oc, od], E02 * (u + h / 6 * ka) + h / 6 * (2 * E12 * (kb + kc) + kd)

@@ -22,15 +22,15 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-from scipy.integrate import solve_ivp
 from scipy.interpolate import BarycentricInterpolator
 
 from ..config import Network
 from ..ensemble import register_method
 from ..gaussian import F, diag_moments, pair_moments
-from ..kernel import K0_discrete, S_bar
-from ..result import KernelResult
-from ..samplers import block_law_step
+from ..kernel import K0_discrete, S_bar, solve_ode
+from ..limits import Budget, check_bytes, check_result, check_tolerance
+from ..result import KernelResult, require_finite
+from ..samplers import block_law_step, check_layer
 from ..tensors import box, circ
 from ..validate import check_positive
 from ..errors import InputError
@@ -41,6 +41,7 @@ __all__ = ["solve_gonly", "gonly_chain", "Coefficients", "coefficients", "tadpol
 # local slots (aa, ab, bb) of a pair block: number of derivatives on z_a in ∂_e∂_f
 _SLOT_A = np.array([2, 1, 0])
 _CHEB_START, _CHEB_MAX = 9, 513          # Chebyshev–Lobatto grid sizes in t (continuous model)
+_RTOL_MIN = 1e-13                        # solve_ivp cannot go below 100 ulp
 
 
 class _Pairs(NamedTuple):
@@ -163,17 +164,20 @@ def _source(K0: np.ndarray, S: np.ndarray) -> np.ndarray:
 
 def _discrete(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """§5 discrete-depth recursions; returns K0 (L+1,P,P), V (L+1,N,N), k1 (L+1,N)."""
+    N, L = net.P * (net.P + 1) // 2, net.depth
+    check_bytes("depth", 8.0 * L * (3 * N * N + 13 * N), f"the G-only recursions over depth = {L} layers")
     K0 = K0_discrete(net)
     c = coefficients(net, K0[:-1])
-    eps, L = net.eps, net.depth
+    eps = net.eps
     src = eps * _source(K0[:-1], c.S) + eps ** 2 * to_pairs4(circ(from_pairs(c.S, net.P)))
-    A = np.eye(c.Tr.shape[-1]) + eps * c.Tr
-    N = A.shape[-1]
+    A = np.eye(N) + eps * c.Tr
     V = np.empty((L + 1, N, N))
     k1 = np.zeros((L + 1, N))
     V[0] = to_pairs4(circ(net.K_in))
-    for l in range(L):
-        V[l + 1] = A[l] @ V[l] @ A[l].T + src[l]
+    with Budget("depth", L, f"G-only V4 recursion over {L} layers") as budget:
+        for l in range(L):
+            V[l + 1] = A[l] @ V[l] @ A[l].T + src[l]
+            budget.step(l + 1)
     tad = tadpole(c, V[:-1])
     for l in range(L):
         k1[l + 1] = k1[l] + eps * (c.Tr[l] @ k1[l] + tad[l])
@@ -191,9 +195,14 @@ def _interpolant(t: np.ndarray, y: np.ndarray) -> BarycentricInterpolator:
     return BarycentricInterpolator(t, y, axis=0, wi=w)
 
 
-def _coefficient_path(net: Network, K0_at, rtol: float, atol: float) -> tuple[BarycentricInterpolator, int]:
+def _coefficient_path(net: Network, K0_at, rtol: float, atol: float) -> tuple[BarycentricInterpolator | None, int]:
     """Chebyshev interpolant in t of [k0, S̄, Tb, Hb](K0(t)) (flattened per t), refined by doubling the
-    Lobatto grid until the coarse interpolant predicts the new nodes within atol + rtol·max|column|."""
+    Lobatto grid until the coarse interpolant predicts the new nodes within atol + rtol·max|column|.
+
+    Returns (None, nodes) if :data:`_CHEB_MAX` nodes do not resolve it. That happens for kinked φ (relu) with a
+    nearly singular 2x2 block of K0: its ℋ entries scale like det^(−1/2) and cancel in ℋ:V4, and float64 rounding
+    of K0 (relative error ~1e-16/det) makes them rough in t (docs/numerics.md#ill-conditioned).
+    """
     P = net.P
 
     def values(t):
@@ -203,7 +212,7 @@ def _coefficient_path(net: Network, K0_at, rtol: float, atol: float) -> tuple[Ba
 
     t = _lobatto(_CHEB_START, net.T)
     y = values(t)
-    while True:
+    while t.size < _CHEB_MAX:
         t_all = _lobatto(2 * t.size - 1, net.T)
         y_new = values(t_all[1::2])
         err = np.abs(_interpolant(t, y)(t_all[1::2]) - y_new)
@@ -212,9 +221,7 @@ def _coefficient_path(net: Network, K0_at, rtol: float, atol: float) -> tuple[Ba
         t, y = t_all, y_all
         if np.all(err <= atol + rtol * np.max(np.abs(y), axis=0)):
             return _interpolant(t, y), t.size
-        if t.size >= _CHEB_MAX:
-            raise RuntimeError(f"G-only coefficients not resolved by {t.size} Chebyshev nodes (max error "
-                               f"{err.max():.3g}); K0(t) is not smooth enough")
+    return None, t.size
 
 
 def _continuous(net: Network, rtol: float, atol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -222,23 +229,30 @@ def _continuous(net: Network, rtol: float, atol: float) -> tuple[np.ndarray, np.
 
     The costly 4th-order Gaussian moments (𝒯, ℋ) depend on t only through K0(t): K0 is solved first (with
     F alone), 𝒯 and ℋ are evaluated once on an adaptive Chebyshev grid in t, and the linear V4/K1 ODEs run on
-    their interpolant.
+    their interpolant — or, where the grid does not resolve them (:func:`_coefficient_path`), on their exact
+    values at every right-hand-side call (``coefficients: "exact"`` in meta; slower, same tolerance).
     """
     P = net.P
     N = P * (P + 1) // 2
+    check_bytes("depth", 8.0 * (net.depth + 1) * (N * N + N), f"the G-only solution over depth = {net.depth} layers")
 
     def rhs_k0(_t, k0):
         return to_pairs(S_bar(net, from_pairs(k0, P)))
 
-    k0 = solve_ivp(rhs_k0, (0.0, net.T), to_pairs(net.K_in), method="DOP853", dense_output=True, rtol=rtol,
+    k0 = solve_ode(rhs_k0, to_pairs(net.K_in), net.T, "the kernel K0", "rtol", dense_output=True, rtol=rtol,
                    atol=atol)
-    if not k0.success:
-        raise RuntimeError(f"K0 ODE solver failed: {k0.message}")
-    path, nodes = _coefficient_path(net, k0.sol, rtol, atol)
+    with np.errstate(over="ignore", invalid="ignore"):
+        path, nodes = _coefficient_path(net, k0.sol, rtol, atol)
     cut = np.cumsum([N, N, 3 * N])
 
+    def coefficients_at(t):
+        if path is not None:
+            return np.split(path(t), cut)
+        kk = k0.sol(t)
+        return [kk, *_compact(net, from_pairs(kk, P))]
+
     def rhs(t, y):
-        kk, S, Tb, Hb = np.split(path(t), cut)
+        kk, S, Tb, Hb = coefficients_at(t)
         c = Coefficients(S, _transport_matrix(Tb.reshape(N, 3)), Hb.reshape(N, 3, 3))
         V = y[:N * N].reshape(N, N)
         TV = c.Tr @ V
@@ -246,11 +260,10 @@ def _continuous(net: Network, rtol: float, atol: float) -> tuple[np.ndarray, np.
         return np.concatenate([dV.ravel(), c.Tr @ y[N * N:] + tadpole(c, V)])
 
     y0 = np.concatenate([to_pairs4(circ(net.K_in)).ravel(), np.zeros(N)])
-    sol = solve_ivp(rhs, (0.0, net.T), y0, method="DOP853", t_eval=net.t, rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"G-only ODE solver failed: {sol.message}")
+    sol = solve_ode(rhs, y0, net.T, "the G-only V4/K1 equations", "rtol", t_eval=net.t, rtol=rtol, atol=atol)
     y = sol.y.T
-    stats = {"nfev_K0": k0.nfev, "nfev": sol.nfev, "chebyshev_nodes": nodes}
+    stats = {"nfev_K0": k0.nfev, "nfev": sol.nfev, "coefficients": "chebyshev" if path is not None else "exact",
+             "chebyshev_nodes": nodes}
     return from_pairs(k0.sol(net.t).T, P), y[:, :N * N].reshape(-1, N, N), y[:, N * N:], stats
 
 
@@ -258,23 +271,29 @@ def solve_gonly(net: Network, depth_model: str = "continuous", rtol: float = 1e-
                 atol: float = 1e-10) -> KernelResult:
     """G-only EFT (§5) on the grid t = net.t: arrays K0 (L+1,P,P), V4 (L+1,P,P,P,P), K1 (L+1,P,P).
 
-    ``depth_model``: "continuous" (the ODEs; ``rtol``/``atol`` govern the two solve_ivp calls and the Chebyshev
-    resolution of 𝒯(t), ℋ(t); meta reports nfev_K0, nfev, chebyshev_nodes) or "discrete" (the depth-L
-    recursions, exact consequences of I1–I2 under the closure at O(1/n); 𝒯, ℋ evaluated at every K0^l).
+    ``depth_model``: "continuous" (the ODEs; ``rtol`` in [1e-13, 0.1] and ``atol`` govern the two ODE solves and
+    the Chebyshev resolution of 𝒯(t), ℋ(t); meta reports nfev_K0, nfev, coefficients, chebyshev_nodes) or
+    "discrete" (the depth-L recursions, exact consequences of I1–I2 under the closure at O(1/n); 𝒯, ℋ evaluated
+    at every K0^l). Fails loudly (docs/numerics.md#ill-conditioned, #overflow): InputError naming T if the
+    result overflows float64, ConvergenceError if an ODE solve fails.
     """
-    check_positive("rtol", rtol)
+    rtol = check_tolerance("rtol", rtol, _RTOL_MIN, 0.1)
     check_positive("atol", atol)
+    if depth_model not in ("continuous", "discrete"):
+        raise InputError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
+    check_result("depth", (net.depth + 1) * (net.P ** 4 + 2 * net.P ** 2),
+                 f"the G-only result over depth = {net.depth} layers")
     t0 = time.perf_counter()
     meta = {"kind": "theory", "closure": "g-only", "depth_model": depth_model, "config": net.to_dict()}
-    if depth_model == "continuous":
-        K0, V, k1, stats = _continuous(net, rtol, atol)
-        meta.update(rtol=rtol, atol=atol, **stats)
-    elif depth_model == "discrete":
-        K0, V, k1 = _discrete(net)
-    else:
-        raise InputError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if depth_model == "continuous":
+            K0, V, k1, stats = _continuous(net, rtol, atol)
+            meta.update(rtol=rtol, atol=atol, **stats)
+        else:
+            K0, V, k1 = _discrete(net)
     meta["seconds"] = time.perf_counter() - t0
-    return KernelResult(net.t, {"K0": K0, "V4": from_pairs4(V, net.P), "K1": from_pairs(k1, net.P)}, meta=meta)
+    res = KernelResult(net.t, {"K0": K0, "V4": from_pairs4(V, net.P), "K1": from_pairs(k1, net.P)}, meta=meta)
+    return require_finite(res, "the G-only solution")
 
 
 def gonly_chain(net: Network, width: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -282,16 +301,18 @@ def gonly_chain(net: Network, width: int, size: int, rng: np.random.Generator) -
 
     G^0 ~ Wishart_P(n, K_in)/n (I3), drawn as one §2.2 block-law step of length 1 from h = 0 with S = K_in;
     then G^{l+1} = block-law step from (G^l, S̄(G^l)) and Sigma^l := F(G^l). Exact Markov chain of the closure at
-    width n, cost independent of n.
+    width n, cost independent of n. InputError naming T if the chain overflows float64.
     """
     P, L = net.P, net.depth
     G = np.empty((size, L + 1, P, P))
     Sigma = np.empty_like(G)
     G[:, 0] = block_law_step(rng, np.zeros((size, P, P)), np.broadcast_to(net.K_in, (size, P, P)), width, 1.0)
-    for l in range(L + 1):
-        Sigma[:, l] = F(net.phi, G[:, l])
-        if l < L:
-            G[:, l + 1] = block_law_step(rng, G[:, l], net.C_W * Sigma[:, l] + net.C_b, width, net.eps)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for l in range(L + 1):
+            check_layer(net, l, G[:, l])
+            Sigma[:, l] = F(net.phi, G[:, l])
+            if l < L:
+                G[:, l + 1] = block_law_step(rng, G[:, l], net.C_W * Sigma[:, l] + net.C_b, width, net.eps)
     return G, Sigma
 
 

@@ -41,13 +41,14 @@ import numpy as np
 
 from ..config import Network
 from ..kernel import K0_continuous, K0_discrete
-from ..result import KernelResult
+from ..result import KernelResult, require_finite
 from ..tensors import circ
 from . import _sigma_grid, _sigma_hermite
 from ._sigma_march import layer_node, march
-from ..validate import check_int, check_positive
+from ..validate import check_int
 from .gonly import from_pairs, from_pairs4, to_pairs4
-from ..errors import InputError
+from .. import limits
+from ..errors import ConvergenceError, InputError
 
 __all__ = ["solve_sigma", "TimeGrid", "time_grid", "Pairings", "grid_pairings", "hermite_pairings", "collective",
            "assemble"]
@@ -56,6 +57,8 @@ _MIN_STEPS = 32          # RK4 steps over [0, T] at the coarsest level
 _GRID0 = {1: 96, 2: 48, 3: 48}
 _BOX = 8.0               # plane half-width in standard deviations
 _MAX_LEVELS = 7
+DEFAULT_TOL = 1e-3
+_TOL_MIN, _TOL_MAX = 1e-10, 0.5    # below 1e-10 rounding in the FFTs and the marching dominates the level changes
 
 
 class TimeGrid(NamedTuple):
@@ -89,6 +92,10 @@ def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
 
     J[r, s] = ½E[∂_s p_r], H[r, p, s] = ¼E[∂_p∂_s p_r] (the §4 jacobian/hessian on pairs) from one engine call.
     """
+    N = net.P * (net.P + 1) // 2
+    nodes = net.depth + 1 if depth_model == "discrete" else 2 * net.depth * stride + 1
+    limits.check_bytes("depth", 8.0 * nodes * (net.P ** 2 + 3 * N ** 2 + 3 * N ** 3),
+                       f"the sigma coefficients at {nodes} time nodes (depth = {net.depth})")
     if depth_model == "discrete":
         K, scheme, h, stride = K0_discrete(net), "euler", net.eps, 1
     else:
@@ -116,9 +123,10 @@ def grid_pairings(net: Network, tg: TimeGrid, n: int, box: float = _BOX) -> Pair
     return Pairings(*out)
 
 
-def hermite_pairings(net: Network, tg: TimeGrid, degrees: list[int]) -> Pairings:
-    """Pairings of R^num from the Hermite/Galerkin representation on the given degrees."""
-    return Pairings(*_sigma_hermite.hermite_pairings(net.phi, net.C_W, tg, degrees))
+def hermite_pairings(net: Network, tg: TimeGrid, truncations: list[list[int]]) -> list[Pairings]:
+    """Pairings of R^num from the Hermite/Galerkin representation, one per truncation (a list of degrees; [] is
+    R^num = 0); the derivative tables are computed once for all."""
+    return [Pairings(*pr) for pr in _sigma_hermite.hermite_pairings(net.phi, net.C_W, tg, truncations)]
 
 
 def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -171,48 +179,112 @@ def _degrees(degree) -> list[int]:
     raise InputError(f"degree: must be 'auto', 'quadratic' or an integer >= 1, got {degree!r}")
 
 
-def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", tol: float = 1e-3, *,
+def _coarser(degrees: list[int]) -> list[int]:
+    """The truncation one step below: degree D -> 1..D−2 (both parities drop by one step), quadratic -> none."""
+    return [k for k in degrees if k <= max(degrees) - 2] if degrees != [2] else []
+
+
+def _finite(net: Network, arrays: dict) -> dict:
+    """``arrays`` if finite; else the overflow InputError of :func:`kerneleft.result.require_finite`."""
+    require_finite(KernelResult(net.t, arrays), "the sigma solution")
+    return arrays
+
+
+def _hermite(net: Network, depth_model: str, degree, s0: int, meta: dict) -> dict:
+    """Fixed Hermite truncation; its error estimate is the relative change of V4, K1 from :func:`_coarser`."""
+    degrees = _degrees(degree)
+    tg = time_grid(net, depth_model, s0)
+    fine, coarse = (assemble(net, tg, pr) for pr in hermite_pairings(net, tg, [degrees, _coarser(degrees)]))
+    _finite(net, fine)
+    meta.update(representation="hermite", truncation={"degrees": degrees, "substeps": tg.stride},
+                error_estimate=_rel_change(fine, coarse),
+                error_estimate_from={"degrees": _coarser(degrees), "substeps": tg.stride})
+    return fine
+
+
+def _level(n: int, s0: int, lev: int) -> tuple[int, int]:
+    """(grid, substeps) of refinement level ``lev``: both × 1.5 per level, the grid even."""
+    return 2 * int(round(n * 1.5 ** lev / 2)), int(math.ceil(s0 * 1.5 ** lev))
+
+
+def _next_level_seconds(cumulative: list[float]) -> float:
+    """Time of the next refinement level from the cumulative times [0, t_1, ..., t_k] (k >= 2) of the last ones:
+    the last level's time times its growth over the one before (at least 1)."""
+    last, before = cumulative[-1] - cumulative[-2], cumulative[-2] - cumulative[-3]
+    return last * max(last / max(before, 1e-9), 1.0)
+
+
+def _grid(net: Network, depth_model: str, n0: int, s0: int, first: int, levels: int, tol: float | None,
+          t0: float) -> tuple[dict, list, TimeGrid]:
+    """Plane-grid runs at refinement levels first..first+levels−1, stopping early once the relative change of V4
+    and K1 is < ``tol`` (None: run them all). Refuses (ConvergenceError) a next level whose time, extrapolated
+    from the last two, would pass :data:`kerneleft.limits.MAX_SECONDS`."""
+    history, arrays, tg, err = [], None, None, None
+    for lev in range(first, first + levels):
+        nl, s = _level(n0, s0, lev)
+        if len(history) >= 2 and tol is not None:
+            ahead = _next_level_seconds([0.0] + [h["seconds"] for h in history])
+            if time.perf_counter() - t0 + ahead > limits.MAX_SECONDS:
+                raise ConvergenceError(
+                    f"sigma: not converged to tol {tol:g} after {len(history)} refinements (achieved {err:.2g}, grid "
+                    f"{history[-1]['grid']}); the next would take ~{limits.duration(ahead)} (limit "
+                    f"{limits.duration(limits.MAX_SECONDS)}): raise tol (--tol) or use a fixed --degree")
+        tg = time_grid(net, depth_model, s) if tg is None or tg.scheme == "rk4" else tg
+        new = _finite(net, assemble(net, tg, grid_pairings(net, tg, nl)))
+        err = None if arrays is None else _rel_change(new, arrays)
+        history.append({"grid": nl, "substeps": tg.stride, "change": err, "seconds": time.perf_counter() - t0})
+        arrays = new
+        if tol is not None and err is not None and err < tol:
+            break
+    return arrays, history, tg
+
+
+def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", tol: float = DEFAULT_TOL, *,
                 grid: int | None = None, substeps: int | None = None, max_levels: int = _MAX_LEVELS) -> KernelResult:
     """Sigma-kernel theory (§6) on t = net.t: arrays K0, K1 (L+1,P,P), V4, covSigma, covGSigma (L+1,P,P,P,P).
 
     depth_model : "continuous" (the §6 ODEs) or "discrete" (the exact O(1/n) layer recursion of the depth-L net).
     degree : "auto" — plane-grid resummation (P <= 3), refined (grid ×1.5 and, if continuous, RK4 steps ×1.5)
-        until V4 and K1 change by < ``tol`` relative, or one run at ``grid`` nodes per axis when given;
+        until V4 and K1 change by < ``tol`` (in [1e-10, 0.5]) relative; ConvergenceError (with the achieved change)
+        if ``max_levels`` levels or the time limit do not suffice. With ``grid`` given: that fixed grid.
         int D — Hermite/Galerkin truncation at total degree D; "quadratic" — degree 2 only (G-only V4 exactly).
     substeps : RK4 steps per layer at the first level (continuous; default: 32 steps over [0, T] at least).
-    meta: representation, truncation (grid, substeps or degrees), error_estimate (relative change of V4, K1 at the
-    last refinement; None for a fixed truncation), converged, levels (auto history), seconds.
+    meta: representation, truncation (grid, substeps or degrees), error_estimate (relative change of V4, K1 from
+    the previous level, or for a fixed truncation from the next coarser one, ``error_estimate_from``: grid/1.5 and
+    substeps/1.5, or Hermite degree D−2), converged (auto only, always True), levels (auto history), seconds.
+    docs/sigma.md#representations, #convergence; docs/numerics.md#ill-conditioned, #overflow.
     """
     if depth_model not in ("continuous", "discrete"):
         raise InputError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
-    check_positive("tol", tol)
+    tol = limits.check_tolerance("tol", tol, _TOL_MIN, _TOL_MAX)
     s0 = check_int("substeps", substeps, 1) if substeps is not None else -(-_MIN_STEPS // net.depth)
-    max_levels = check_int("max_levels", max_levels, 1)
+    max_levels = check_int("max_levels", max_levels, 2)
+    limits.check_result("depth", (net.depth + 1) * (3 * net.P ** 4 + 2 * net.P ** 2),
+                        f"the sigma result over depth = {net.depth} layers")
     t0 = time.perf_counter()
     meta = {"kind": "theory", "closure": "sigma", "depth_model": depth_model, "config": net.to_dict()}
-    if degree != "auto":
-        degrees = _degrees(degree)
-        tg = time_grid(net, depth_model, s0)
-        arrays = assemble(net, tg, hermite_pairings(net, tg, degrees))
-        meta.update(representation="hermite", truncation={"degrees": degrees, "substeps": tg.stride},
-                    error_estimate=None)
-    else:
-        if net.P > _sigma_grid.MAX_P:
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if degree != "auto":
+            arrays = _hermite(net, depth_model, degree, s0, meta)
+        elif net.P > _sigma_grid.MAX_P:
             raise InputError(f"K_in: degree='auto' supports P <= {_sigma_grid.MAX_P} inputs, got P = {net.P} "
                              "(use an integer degree)")
-        n = check_int("grid", grid, 1) if grid is not None else _GRID0[net.P]
-        levels, arrays, err, tg = [], None, None, None
-        for lev in range(1 if grid is not None else max_levels):
-            s = int(math.ceil(s0 * 1.5 ** lev))
-            nl = 2 * int(round(n * 1.5 ** lev / 2))
-            tg = time_grid(net, depth_model, s) if tg is None or tg.scheme == "rk4" else tg
-            new = assemble(net, tg, grid_pairings(net, tg, nl))
-            err = None if arrays is None else _rel_change(new, arrays)
-            levels.append({"grid": nl, "substeps": tg.stride, "change": err, "seconds": time.perf_counter() - t0})
-            arrays = new
-            if err is not None and err < tol:
-                break
-        meta.update(representation="grid", truncation={"grid": nl, "substeps": tg.stride, "box": _BOX},
-                    error_estimate=err, converged=err is not None and err < tol, levels=levels)
+        elif grid is not None:                     # fixed grid: this level and the one below for the estimate
+            n = check_int("grid", grid, 4)
+            arrays, history, tg = _grid(net, depth_model, n, s0, -1, 2, None, t0)
+            meta.update(representation="grid", truncation={"grid": history[-1]["grid"], "substeps": tg.stride,
+                                                           "box": _BOX},
+                        error_estimate=history[-1]["change"],
+                        error_estimate_from={k: history[0][k] for k in ("grid", "substeps")})
+        else:
+            arrays, history, tg = _grid(net, depth_model, _GRID0[net.P], s0, 0, max_levels, tol, t0)
+            err = history[-1]["change"]
+            if not err < tol:
+                raise ConvergenceError(
+                    f"sigma: not converged to tol {tol:g} after {len(history)} refinements (achieved {err:.2g}, grid "
+                    f"{history[-1]['grid']}, substeps {tg.stride}); raise tol (--tol) or use a fixed --degree")
+            meta.update(representation="grid", truncation={"grid": history[-1]["grid"], "substeps": tg.stride,
+                                                           "box": _BOX},
+                        error_estimate=err, converged=True, levels=history)
     meta["seconds"] = time.perf_counter() - t0
     return KernelResult(net.t, arrays, meta=meta)
