@@ -1,5 +1,5 @@
-"""Benchmark of the Gaussian-expectation engine (THEORY §4): time per call of F, jacobian (DF) and hessian (D²F)
-for P = 16 inputs and for a single 2x2 block (P = 2), and their ratio (P = 16 has 120 pair blocks + 16 diagonals,
+"""Benchmark of the Gaussian-expectation engine (docs/numerics.md#closed-forms): time per call of F, jacobian (DF)
+and hessian (D²F) for P = 16 inputs and for a single 2x2 block (P = 2), and their ratio (P = 16 has 120 pair blocks + 16 diagonals,
 so a ratio well below ~136 means the vectorised batch beats block-by-block calls).
 
 Usage: python bench/bench_gaussian.py [--repeat R]

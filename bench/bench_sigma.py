@@ -1,4 +1,6 @@
-"""Benchmark of the sigma-kernel solver (THEORY §6): time to 1e-3 self-reported accuracy, and error vs truncation.
+"""Benchmark of the sigma-kernel solver: time to 1e-3 self-reported accuracy, and error vs truncation.
+
+See docs/sigma.md#convergence.
 
 1. ``solve_sigma(degree="auto", tol=1e-3)`` wall time for P = 2 (target < 30 s) and P = 3 (target < 5 min).
 2. Error vs truncation for tanh, P = 2 (the examples/ config): Hermite/Galerkin degree D and plane-grid nodes n,

@@ -1,4 +1,4 @@
-"""Solve times of the G-only theory (THEORY §5), depth 100: targets < 0.2 s (P = 2) and < 2 s (P = 8).
+"""Solve times of the G-only theory (docs/gonly.md#chain), depth 100: targets < 0.2 s (P = 2) and < 2 s (P = 8).
 
     python bench/bench_theory.py [--activation tanh] [--repeat 3]
 

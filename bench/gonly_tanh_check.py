@@ -1,4 +1,4 @@
-"""THEORY §5 findings for the tanh two-input example, measured (issue 4): run as a script, not a test.
+"""G-only failure findings (docs/failure.md) for the tanh two-input example, measured (issue 4): a script, not a test.
 
     python bench/gonly_tanh_check.py [--width 64] [--samples 300000] [--depth 50] [--workers 2]
 

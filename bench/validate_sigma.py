@@ -1,10 +1,12 @@
-"""Validate the sigma-kernel theory (THEORY §6) against the exact conditional sampler (§2, §7).
+"""Validate the sigma-kernel theory (docs/sigma.md) against the exact conditional sampler
+(docs/exact.md#conditional-gaussianity, docs/estimators.md#width-extrapolation).
 
 For each activation and P, simulate at several widths, extrapolate K1_n (drift estimator with control variate,
 ``K1_cv``) and V4_n = n Cov[G] (also n Cov[Σ], n Cov[G, Σ]) linearly in 1/n (weighted least squares,
 :func:`kerneleft.ensemble.extrapolate_K1`), and compare with the discrete-depth theories at the same L (so no O(1/L) bias enters):
 - sigma K1 diagonal: |z| <= 3 or relative error <= 5 %;   sigma V4: max|ΔV4| / max|V4| <= 2 % or all |z| <= 3;
-- G-only K1 (§5) must be rejected: some checked diagonal entry with |z| > 5 and relative error > 5 %.
+- G-only K1 (docs/gonly.md#k1-tadpole) must be rejected: some checked diagonal entry with |z| > 5 and
+  relative error > 5 %.
 Not a test: run once (``python bench/validate_sigma.py [--quick] [--out FILE]``); writes a Markdown table.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""kerneleft: finite-width collective kernel EFT for pre-activation ResNets (see THEORY.md)."""
+"""kerneleft: finite-width collective kernel EFT for pre-activation ResNets (see docs/index.md)."""
 from .activations import Activation, get_activation
 from .config import Network, load_config, network_from_dict
 from .result import KernelResult
+from ._version import __version__
 
-__version__ = "0.1.0"
-__all__ = ["Activation", "get_activation", "Network", "load_config", "network_from_dict", "KernelResult"]
+__all__ = ["__version__", "Activation", "get_activation", "Network", "load_config", "network_from_dict", "KernelResult"]

@@ -1,4 +1,6 @@
-"""Closed-form Gaussian moments (THEORY §4) for linear, relu (arc-cosine), erf (arcsine) and sin, all orders.
+"""Closed-form Gaussian moments for linear, relu (arc-cosine), erf (arcsine) and sin, all orders.
+
+docs/numerics.md#closed-forms.
 
 ``pair_<name>(k11, k22, k12, order) -> M[..., i, j] = E[φ^(i)(u) φ^(j)(v)]``, (u, v) ~ N(0, [[k11, k12], [k12, k22]]),
 zero for i + j > order; ``diag_<name>(k, order) -> E[(φ²)^(m)(u)]``, u ~ N(0, k). Shapes: k's broadcast to S,

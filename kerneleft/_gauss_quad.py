@@ -1,4 +1,4 @@
-"""Quadrature for bivariate Gaussian moments of smooth activations (THEORY §4, §6).
+"""Quadrature for bivariate Gaussian moments of smooth activations (docs/numerics.md#quadrature).
 
 Common-factor representation of a 2x2 block with correlation ρ (r = |ρ|, s = sign ρ):
     u = s √(r k11) w + √((1−r) k11) ξ1,    v = √(r k22) w + √((1−r) k22) ξ2,    w, ξ1, ξ2 iid N(0, 1),

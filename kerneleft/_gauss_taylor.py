@@ -1,4 +1,4 @@
-"""Exact derivatives φ^(m)(x), m = 0..order, of the smooth registered activations (THEORY §4, §6).
+"""Exact derivatives φ^(m)(x), m = 0..order, of the smooth registered activations (docs/numerics.md#closed-forms).
 
 Each function maps x (any shape) to D[m, ...] = φ^(m)(x), shape (order+1, *x.shape). They use stable
 Taylor-mode recurrences for the normalised Taylor coefficients y_k = φ^(k)(x)/k! (never finite differences):

@@ -1,4 +1,4 @@
-"""Command-line interface (INTERFACE.md): thin click wrappers over the Python API.
+"""Command-line interface (docs/reference.md#cli): thin click wrappers over the Python API.
 
 Every command that computes writes one JSON object with ``--json PATH`` and prints a short summary.
 Bad input -> exit code 2 and one line ``error: <field>: <what is wrong>`` on stderr, no traceback.
@@ -17,9 +17,14 @@ import click
 import numpy as np
 
 from .config import load_config
+from .ensemble import METHODS, check_ensemble_size
+from .kernel import DEPTH_MODELS
+from .theory import CLOSURES, make_options, solve
+from .theory.gonly import GOnlyOptions
+from .theory.sigma import SigmaOptions
 from .estimators import MIN_COV_SAMPLES
 from .result import write_json
-from .validate import (MAX_SEED, check_ensemble_size, check_int, check_output_dir, check_output_file,
+from .validate import (MAX_SEED, check_int, check_output_dir, check_output_file,
                        check_positive, check_workers)
 from .errors import EXIT_CODES, InputError, Interrupted, KerneleftError
 
@@ -39,13 +44,27 @@ def _degree(value: str):
 
 
 def _option(argument: str) -> str:
-    """The option of an API argument: ``chunk_size`` -> ``--chunk-size``."""
-    return "--" + argument.replace("_", "-")
+    """The option of an API argument: ``chunk_size`` -> ``--chunk-size``; ``pool`` (and ``workers``) ->
+    ``--workers``."""
+    return "--workers" if argument == "pool" else "--" + argument.replace("_", "-")
 
 
 def _sweep_location(point: dict):
     """Name of an ensemble setting of a sweep cell: ``axes.width`` or ``ensemble.width``; ``--workers`` (an option)."""
     return lambda a: "--workers" if a == "workers" else f"{'axes' if a in point else 'ensemble'}.{a}"
+
+
+@contextmanager
+def _pool(scheduler: str | None, workers: int):
+    """The ``pool`` of ``--scheduler``/``--workers`` (checked already): a DaskMap on the scheduler that waits for
+    ``workers`` workers (closed on exit), else the number of local processes."""
+    if scheduler is None:
+        yield workers
+        return
+    from .distributed import DaskMap
+
+    with _as_options("scheduler"), DaskMap(scheduler, min_workers=workers) as dmap:
+        yield dmap
 
 
 @contextmanager
@@ -81,11 +100,11 @@ def cli():
 
 @cli.command()
 @click.argument("config", type=str)
-@click.option("--depth-model", type=click.Choice(["discrete", "continuous"]), default="discrete",
+@click.option("--depth-model", type=click.Choice(list(DEPTH_MODELS)), default="discrete",
               show_default=True, help="discrete: the depth-L recursion; continuous: dK0/dt = S̄(K0).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True, help="Output JSON file.")
 def kernel(config, depth_model, json_out):
-    """Infinite-width kernel K0 on the depth grid (THEORY §4)."""
+    """Infinite-width kernel K0 on the depth grid (docs/gonly.md#k0)."""
     net = load_config(config)
     check_output_file("--json", json_out)
     from .kernel import kernel as kernel_api
@@ -95,31 +114,48 @@ def kernel(config, depth_model, json_out):
     click.echo(_summary(res))
 
 
+#: theory flags -> the closure whose option they set (each flag is refused for the other closure)
+_THEORY_FLAGS = {"degree": "sigma", "tol": "sigma", "rtol": "g-only", "atol": "g-only"}
+
+
+def _theory_options(closure: str, flags: dict) -> dict:
+    """The solver options of the flags given explicitly (not None); InputError ``--tol: applies to --closure sigma
+    only`` for a flag of the other closure."""
+    opts = {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        if _THEORY_FLAGS[name] != closure:
+            raise InputError(f"{_option(name)}: applies to --closure {_THEORY_FLAGS[name]} only")
+        opts[name] = _degree(value) if name == "degree" else value
+    return opts
+
+
 @cli.command()
 @click.argument("config", type=str)
-@click.option("--closure", type=click.Choice(["g-only", "sigma"]), required=True,
-              help="g-only: the paper's closure (§5); sigma: the sigma-kernel theory (§6).")
-@click.option("--depth-model", type=click.Choice(["continuous", "discrete"]), default="continuous",
-              show_default=True)
-@click.option("--degree", type=str, default="auto", show_default=True,
-              help="sigma only: 'auto' (plane-grid resummation, refined to --tol), an integer D (Hermite/Galerkin "
-                   "truncation at total degree D) or 'quadratic'.")
-@click.option("--tol", type=float, default=1e-3, show_default=True,
-              help="sigma only: relative change of V4 and K1 at which 'auto' stops refining.")
-@click.option("--rtol", type=float, default=1e-8, show_default=True, help="g-only only: ODE relative tolerance.")
-@click.option("--atol", type=float, default=1e-10, show_default=True, help="g-only only: ODE absolute tolerance.")
+@click.option("--closure", type=click.Choice(list(CLOSURES)), required=True,
+              help="g-only: the paper's closure (docs/gonly.md#coefficients); "
+                   "sigma: the sigma-kernel theory (docs/sigma.md#equations).")
+@click.option("--depth-model", type=click.Choice(list(DEPTH_MODELS)), default="continuous", show_default=True)
+@click.option("--degree", type=str, default=None,
+              help="sigma only: 'auto' (plane-grid resummation, refined to --tol; the default), an integer D "
+                   "(Hermite/Galerkin truncation at total degree D) or 'quadratic'.")
+@click.option("--tol", type=float, default=None,
+              help=f"sigma only: relative change of V4 and K1 at which 'auto' stops refining [default: "
+                   f"{SigmaOptions.tol:g}].")
+@click.option("--rtol", type=float, default=None,
+              help=f"g-only only: ODE relative tolerance [default: {GOnlyOptions.rtol:g}].")
+@click.option("--atol", type=float, default=None,
+              help=f"g-only only: ODE absolute tolerance [default: {GOnlyOptions.atol:g}].")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
 def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
     """Leading-order theory: K0, V4 = n Cov[G], K1 with E[G] ≈ K0 + K1/n."""
     net = load_config(config)
-    from .theory import solve
-
-    opts = {"degree": _degree(degree), "tol": check_positive("--tol", tol),
-            "rtol": check_positive("--rtol", rtol), "atol": check_positive("--atol", atol)}
-    opts = {k: opts[k] for k in (("degree", "tol") if closure == "sigma" else ("rtol", "atol"))}
+    with _as_options(*_THEORY_FLAGS):
+        options = make_options(closure, **_theory_options(closure, {"degree": degree, "tol": tol, "rtol": rtol,
+                                                                     "atol": atol}))
     check_output_file("--json", json_out)
-    with _as_options("degree", "tol", "rtol", "atol"):
-        res = solve(net, closure=closure, depth_model=depth_model, **opts)
+    res = solve(net, closure=closure, depth_model=depth_model, options=options)
     write_json(res, json_out)
     click.echo(_summary(res, ("K0", "K1")))
 
@@ -129,8 +165,9 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
 @click.option("--width", type=int, required=True, help="Network width n (>= 1).")
 @click.option("--samples", type=int, required=True, help="Number of independent networks (>= 2).")
 @click.option("--seed", type=int, required=True, help="Root seed (numpy SeedSequence).")
-@click.option("--method", type=click.Choice(["conditional", "weights", "g-only-chain"]), default="conditional",
-              show_default=True, help="Exact neuron-level sampler, explicit weights, or the G-only chain (§5).")
+@click.option("--method", type=click.Choice(list(METHODS)), default="conditional",
+              show_default=True,
+              help="Exact neuron-level sampler, explicit weights, or the G-only chain (docs/gonly.md#chain).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes (with --scheduler: Dask workers to wait for).")
 @click.option("--scheduler", type=str, default=None, metavar="ADDRESS",
@@ -142,7 +179,7 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
 def simulate(config, width, samples, seed, method, workers, scheduler, chunk_size, stop_se, progress, json_out):
-    """Exact finite-width ensemble statistics with standard errors (THEORY §2, §7)."""
+    """Exact finite-width ensemble statistics with standard errors (docs/estimators.md#standard-errors)."""
     net = load_config(config)
     check_int("--width", width, 1)
     check_int("--samples", samples, MIN_COV_SAMPLES, " (standard errors of V4 need 3)")
@@ -156,9 +193,10 @@ def simulate(config, width, samples, seed, method, workers, scheduler, chunk_siz
     check_output_file("--json", json_out)
     from .ensemble import simulate as simulate_api
 
-    with _as_options("width", "samples", "seed", "workers", "method", "chunk_size", "stop_se", "scheduler"):
-        res = simulate_api(net, width=width, samples=samples, seed=seed, method=method, workers=workers,
-                           scheduler=scheduler, chunk_size=chunk_size, stop_se=stop_se, progress=progress)
+    with _pool(scheduler, workers) as pool, \
+            _as_options("width", "samples", "seed", "pool", "method", "chunk_size", "stop_se", "scheduler"):
+        res = simulate_api(net, width=width, samples=samples, seed=seed, method=method, pool=pool,
+                           chunk_size=chunk_size, stop_se=stop_se, progress=progress)
     write_json(res, json_out)
     if res.meta["interrupted"]:
         raise Interrupted(f"simulate: interrupted after {res.meta['samples']} of {samples} networks (whole "
@@ -176,11 +214,11 @@ def simulate(config, width, samples, seed, method, workers, scheduler, chunk_siz
 @click.option("--workers", type=int, default=1, show_default=True)
 @click.option("--batches", type=int, default=16, show_default=True,
               help="Independent seeded batches (their spread gives the standard errors).")
-@click.option("--method", type=click.Choice(["conditional", "weights", "g-only-chain"]), default="conditional",
+@click.option("--method", type=click.Choice(list(METHODS)), default="conditional",
               show_default=True, help="Sampler of the exact ensemble.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
 def diagnose(config, width, samples, seed, threshold, workers, batches, method, json_out):
-    """THEORY §5 diagnostics: each G-only closed term against its exact counterpart."""
+    """G-only closure diagnostics: each closed term against its exact counterpart (docs/failure.md#validity-window)."""
     net = load_config(config)
     check_int("--width", width, 1)
     check_int("--samples", samples, 2 * MIN_COV_SAMPLES, " (two batches of three)")
@@ -194,8 +232,8 @@ def diagnose(config, width, samples, seed, threshold, workers, batches, method, 
     from .diagnostics import diagnose as diagnose_api
 
     try:
-        with _as_options("width", "samples", "seed", "workers", "method", "threshold", "batches"):
-            res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, workers=workers,
+        with _as_options("width", "samples", "seed", "pool", "method", "threshold", "batches"):
+            res = diagnose_api(net, width=width, samples=samples, seed=seed, threshold=threshold, pool=workers,
                                batches=batches, method=method)
     except Interrupted as err:
         if err.result is None:
@@ -227,8 +265,8 @@ def sweep(sweep_file, out, scheduler, workers):
         check_ensemble_size(cell.net, p["method"], p["width"], p["samples"], chunk, 1 if scheduler else workers,
                             name=_sweep_location(cell.point))
     check_output_dir("--out", out, files=(TABLE, SUMMARY), dirs=("cells",))
-    with _as_options("workers", "scheduler"):
-        summary = run_sweep(spec, out, scheduler=scheduler, workers=workers)
+    with _pool(scheduler, workers) as pool, _as_options("pool", "scheduler"):
+        summary = run_sweep(spec, out, pool=pool)
     click.echo(f"sweep: {len(summary.cells)} cells, {len(summary.computed)} computed, "
                f"{len(summary.cached)} cached; {summary.rows} rows in {summary.table}")
 
@@ -250,11 +288,11 @@ def reproduce(quick, config, out, workers, seed):
         with _as_options("config"):
             load_config(config)
     check_output_dir("--out", out, files=("report.md", "results.json"), dirs=("figures", "cache"))
-    from .report import findings_text, reproduce as reproduce_api
+    from .reproduce import findings_text, reproduce as reproduce_api
 
-    with _as_options("config", "seed", "workers"):
-        res = reproduce_api(out, quick=quick, config=config, workers=workers, seed=seed)
-    click.echo("\n\n".join(findings_text(dict(res, config_P=len(res["config"]["K_in"])))))
+    with _as_options("config", "seed"):
+        res = reproduce_api(out, quick=quick, config=config, pool=workers, seed=seed)
+    click.echo("\n\n".join(findings_text(res.analysis)))
     click.echo(f"\nreport: {out}/report.md  results: {out}/results.json  figures: {out}/figures/")
 
 

@@ -21,13 +21,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from .activations import Activation, get_activation
 from .errors import InputError
 
-__all__ = ["Network", "load_config", "network_from_dict", "read_toml", "input_kernel", "check_kernel", "MAX_KERNEL"]
+__all__ = ["Network", "load_config", "network_from_dict", "read_toml", "input_kernel", "check_kernel", "MAX_KERNEL",
+           "MAX_CONFIG_BYTES"]
 
 _PSD_RTOL = 1e-10
 _SYM_RTOL = 1e-12
 MAX_KERNEL = 1e150
 """Largest allowed |K_in| entry: V4 = n Cov[G] grows like K_in², which must stay finite in float64."""
-_MAX_CONFIG_BYTES = 256 * 2 ** 20           # a larger file is not a config (e.g. /dev/zero): refused, not read
+MAX_CONFIG_BYTES = 256 * 2 ** 20
+"""Largest config file read: a larger one is not a config (e.g. /dev/zero) and is refused unread."""
 
 
 def _is_real(v: Any) -> bool:
@@ -254,7 +256,7 @@ def _one_line(err: ValidationError) -> str:
 
 
 def network_from_dict(d: dict) -> Network:
-    """Build a validated :class:`Network` from a config mapping (INTERFACE.md "Configuration").
+    """Build a validated :class:`Network` from a config mapping (docs/reference.md#cli, "Configuration").
 
     Either ``K_in`` or ``inputs`` (+ optional ``C_in`` = 1, ``C_b_in`` = 0) must be given.
     Raises InputError (a ValueError and a TypeError) with a one-line message naming the field.
@@ -284,11 +286,11 @@ def read_toml(name: str, path: str | Path) -> dict:
     p = Path(path)
     try:
         with open(p, "rb") as fh:
-            raw = fh.read(_MAX_CONFIG_BYTES + 1)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise InputError(f"{name}: cannot read {str(p)!r}: {err.strerror or err}") from None
-    if len(raw) > _MAX_CONFIG_BYTES:
-        raise InputError(f"{name}: {str(p)!r} is larger than {_MAX_CONFIG_BYTES >> 20} MiB; not a config file")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise InputError(f"{name}: {str(p)!r} is larger than {MAX_CONFIG_BYTES >> 20} MiB; not a config file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -301,6 +303,6 @@ def read_toml(name: str, path: str | Path) -> dict:
 
 
 def load_config(path: str | Path) -> Network:
-    """Read a TOML config file (INTERFACE.md "Configuration") into a validated :class:`Network`."""
+    """Read a TOML config file (docs/reference.md#cli, "Configuration") into a validated :class:`Network`."""
     return network_from_dict(read_toml("config", path))
 

@@ -1,14 +1,15 @@
-"""Diagnostics of the G-only closure (THEORY §5 "Diagnostics to provide"), measured on the exact ensemble.
+"""Diagnostics of the G-only closure (docs/failure.md#validity-window), measured on the exact ensemble.
 
-Each closed term of §5 is evaluated on simulated statistics and set against its exact counterpart from the
-identities I1–I2 (§3), layer by layer (S = C_W Σ + C_b, 𝒯, ℋ at the discrete K0^l, n = width):
+Each closed term of the G-only closure (docs/gonly.md#coefficients) is evaluated on simulated statistics and set
+against its exact counterpart from the identities I1–I2 (docs/exact.md#identities), layer by layer
+(S = C_W Σ + C_b, 𝒯, ℋ at the discrete K0^l, n = width):
 
 - transport:  n Cov[G_ab, S_cd] = C_W covGSigma   vs   Σ_ef V4[a,b,e,f] 𝒯[c,d,e,f]  (V4 simulated);
 - source:     E[G⊠S] = E[G]⊠E[S] + (1/n) R(n Cov[G,S])   vs   K0⊠S̄(K0);
 - K1 source:  n(E[S] − S̄(K0))   vs   𝒯K1 + ½ℋ:V4  (K1, V4 simulated; by I1 the left side drives K1 exactly);
 - V4 residual: with d^l = (exact − closed) increment of I2 at layer l, split into the terms
   transport ε(nCov[G,S] + transpose − 𝒯V4 − V4𝒯ᵀ), source ε(E[G⊠S] − K0⊠S̄) and
-  eps2 ε²(n Cov[S] + E[S∘S] − 𝒯V4𝒯ᵀ − S̄∘S̄), the residual is transported like V4 itself:
+  eps2 ε²(n Cov[S] + E[S∘S] − 𝒯V4𝒯ᵀ − S̄∘S̄) (docs/failure.md#eps2), the residual is transported like V4:
   r^{l+1} = (1+ε𝒯) r^l (1+ε𝒯)ᵀ + d^l, r^0 = 0. By I2, E[r^l] = E[V4_sim^l] − V4_gonly^l exactly (discrete
   G-only theory at the same L), so the terms split the whole V4 error; ``v4_unexplained`` = V4_sim − V4_gonly − r
   has mean zero (a bookkeeping check). At finite width every term also carries O(1/n) effects (the source term
@@ -26,17 +27,19 @@ from typing import Sequence
 
 import numpy as np
 
+from .coefficients import coefficients, tadpole
 from .config import Network
 from .kernel import S_bar
+from .pairs import pair_basis
 from .result import KernelResult
 from .tensors import box, circ
 from .validate import check_int, check_positive
 from .errors import InputError, Interrupted
+from .ensemble import batch_seeds
 from .estimators import MIN_COV_SAMPLES
 from .theory import expand, representatives, solve
-from .theory.gonly import coefficients, from_pairs, from_pairs4, tadpole, to_pairs, to_pairs4
 
-__all__ = ["diagnose", "closure_terms", "TERMS"]
+__all__ = ["diagnose", "closure_terms", "validity_window", "relative_error", "TERMS"]
 
 TERMS = ("transport", "source", "eps2")
 
@@ -61,37 +64,39 @@ def _propagate(A: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def closure_terms(net: Network, width: int, stats: KernelResult) -> dict[str, np.ndarray]:
-    """All §5 diagnostics from one ensemble's statistics (a result of :func:`kerneleft.ensemble.simulate`).
+    """All closure diagnostics (docs/failure.md#validity-window) from one ensemble's statistics (a result of
+    :func:`kerneleft.ensemble.simulate`).
 
     Returns full tensors on l = 0..L: transport_exact/closure (L+1,P,P,P,P), source_exact (L+1,P,P,P,P),
     k1_source_exact/closure/mismatch (L+1,P,P), v4_residual and v4_residual_<term> (L+1,P,P,P,P), and the
     simulated G_mean, V4, K1 (copied).
     """
-    P, eps, n = net.P, net.eps, width
+    p, eps, n = pair_basis(net.P), net.eps, width
     K0 = stats["K0"]
     c = coefficients(net, K0)
-    V = to_pairs4(stats["V4"])
+    V = p.vec4(stats["V4"])
     ES = net.C_W * stats["Sigma_mean"] + net.C_b
     C = net.C_W * stats["covGSigma"]                                    # n Cov[G_ab, S_cd]
     CS = net.C_W ** 2 * stats["covSigma"]                               # n Cov[S]
-    Cp = to_pairs4(C)
-    VT = V @ np.swapaxes(c.Tr, -1, -2)                                  # V4 𝒯ᵀ, (L+1, N, N)
+    Cp = p.vec4(C)
+    VT = V @ np.swapaxes(c.T, -1, -2)                                   # V4 𝒯ᵀ, (L+1, N, N)
     source_exact = box(stats["G_mean"], ES) + _pair_rearrange(C) / n
-    source_closure = box(K0, from_pairs(c.S, P))
+    source_closure = box(K0, p.mat(c.S_bar))
     k1_exact = n * (ES - S_bar(net, K0))
     rep, first = representatives(net.K_in)           # ℋ is ±inf between identical inputs: merge them (as theory)
-    cd, sub = coefficients(net, K0[:, first][:, :, first]), (slice(None),) + np.ix_(*[first] * 4)
-    k1_closure = expand(from_pairs(np.einsum("lpq,lq->lp", cd.Tr, to_pairs(stats["K1"][:, first][:, :, first]))
-                                   + tadpole(cd, to_pairs4(stats["V4"][sub])), first.size), rep)
+    cd, pd = coefficients(net, K0[:, first][:, :, first]), pair_basis(first.size)
+    sub = (slice(None),) + np.ix_(*[first] * 4)
+    k1_closure = expand(pd.mat(np.einsum("lpq,lq->lp", cd.T, pd.vec(stats["K1"][:, first][:, :, first]))
+                               + tadpole(cd, pd.vec4(stats["V4"][sub]))), rep)
 
-    Sbar = from_pairs(c.S, P)
+    Sbar = p.mat(c.S_bar)
     d = {"transport": eps * (Cp + np.swapaxes(Cp, -1, -2) - VT - np.swapaxes(VT, -1, -2)),
-         "source": eps * (to_pairs4(source_exact - source_closure)),
-         "eps2": eps ** 2 * (to_pairs4(CS + circ(ES) + _circ_rearrange(CS) / n - circ(Sbar))
-                             - c.Tr @ VT)}
-    A = np.eye(V.shape[-1]) + eps * c.Tr[:-1]
-    r = {k: from_pairs4(_propagate(A, v[:-1]), P) for k, v in d.items()}
-    out = {"transport_exact": C, "transport_closure": from_pairs4(VT, P),
+         "source": eps * (p.vec4(source_exact - source_closure)),
+         "eps2": eps ** 2 * (p.vec4(CS + circ(ES) + _circ_rearrange(CS) / n - circ(Sbar))
+                             - c.T @ VT)}
+    A = np.eye(V.shape[-1]) + eps * c.T[:-1]
+    r = {k: p.mat4(_propagate(A, v[:-1])) for k, v in d.items()}
+    out = {"transport_exact": C, "transport_closure": p.mat4(VT),
            "source_exact": source_exact, "k1_source_exact": k1_exact, "k1_source_closure": k1_closure,
            "k1_source_mismatch": k1_closure - k1_exact, "v4_residual": sum(r.values()),
            "G_mean": stats["G_mean"], "V4": stats["V4"], "K1": stats["K1"]}
@@ -99,22 +104,24 @@ def closure_terms(net: Network, width: int, stats: KernelResult) -> dict[str, np
     return out
 
 
-def _first_violation(t: np.ndarray, theory: np.ndarray, sim: np.ndarray, se: np.ndarray,
-                     threshold: float) -> tuple[float | None, np.ndarray]:
-    """Validity window (module docstring) and the relative error max|theory − sim| / max|sim| per layer."""
+def relative_error(theory: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """Per layer ``max|theory − sim| / max|sim|`` (max over the entries at that layer); (L+1, ...) -> (L+1,)."""
     axes = tuple(range(1, sim.ndim))
     scale = np.max(np.abs(sim), axis=axes)
-    err = np.abs(theory - sim)
-    rel = np.max(err, axis=axes) / np.where(scale > 0, scale, np.inf)
-    bad = np.any(err > threshold * scale.reshape((-1,) + (1,) * len(axes)) + 2 * se, axis=axes)
-    return (float(t[np.argmax(bad)]) if bad.any() else None), rel
+    return np.max(np.abs(theory - sim), axis=axes) / np.where(scale > 0, scale, np.inf)
 
 
-def _batch_seeds(seed: int, batches: int) -> list[int]:
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(batches, dtype=np.uint64) >> np.uint64(1)]
+def validity_window(t: np.ndarray, theory: np.ndarray, sim: np.ndarray, se: np.ndarray,
+                    threshold: float) -> float | None:
+    """The first t at which some entry has ``|theory − sim| > threshold·max|sim^l| + 2 SE``, None if never
+    (docs/failure.md#validity-window). ``theory``, ``sim``, ``se``: (L+1, ...) on the depth grid ``t`` (L+1,)."""
+    axes = tuple(range(1, sim.ndim))
+    scale = np.max(np.abs(sim), axis=axes).reshape((-1,) + (1,) * len(axes))
+    bad = np.any(np.abs(theory - sim) > threshold * scale + 2 * se, axis=axes)
+    return float(t[np.argmax(bad)]) if bad.any() else None
 
 
-def _simulate_batches(net: Network, width: int, method: str, workers: int, sizes: Sequence[int],
+def _simulate_batches(net: Network, width: int, method: str, pool, sizes: Sequence[int],
                       seeds: Sequence[int]) -> tuple[list[KernelResult], bool]:
     """Simulate the batches in order; Ctrl-C stops at once, keeping the finished batches and the finished chunks
     of the batch cut short (docs/numerics.md#interrupts). Returns (batches, interrupted)."""
@@ -123,7 +130,7 @@ def _simulate_batches(net: Network, width: int, method: str, workers: int, sizes
     out = []
     try:
         for m, s in zip(sizes, seeds):
-            out.append(simulate(net, width=width, samples=int(m), seed=s, method=method, workers=workers,
+            out.append(simulate(net, width=width, samples=int(m), seed=s, method=method, pool=pool,
                                 progress=False))
             if out[-1].meta["interrupted"]:
                 return out, True
@@ -132,14 +139,15 @@ def _simulate_batches(net: Network, width: int, method: str, workers: int, sizes
     return out, False
 
 
-def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float = 0.05, workers: int = 1,
+def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float = 0.05, pool=None,
              ensemble: Sequence[KernelResult] | None = None, *, batches: int = 16,
              method: str = "conditional") -> KernelResult:
-    """THEORY §5 diagnostics of the G-only closure against the exact ensemble (module docstring).
+    """Diagnostics of the G-only closure against the exact ensemble (module docstring; docs/failure.md#validity-window).
 
     Simulates ``samples`` networks of width ``width`` with ``method`` in min(``batches``, samples // 3) independent
-    batches (seeds derived from ``seed``), or uses ``ensemble``: a sequence (>= 2) of independent results of
-    :func:`kerneleft.ensemble.simulate` for this ``net`` and ``width``. Arrays (INTERFACE.md ``diagnose`` keys,
+    batches (seeds derived from ``seed``; each run on ``pool`` as in :func:`kerneleft.ensemble.simulate`), or uses
+    ``ensemble``: a sequence (>= 2) of independent results of
+    :func:`kerneleft.ensemble.simulate` for this ``net`` and ``width``. Arrays (docs/reference.md#cli ``diagnose`` keys,
     each with ``se`` where simulated): transport_exact, transport_closure, source_exact, source_closure,
     k1_source_exact, k1_source_closure, k1_source_mismatch (closure − exact), v4_residual, v4_unexplained,
     G_mean, V4, K1 (simulated), K0, V4_gonly, K1_gonly (discrete G-only theory). meta: v4_residual_by_term
@@ -158,7 +166,7 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
         samples = check_int("samples", samples, 2 * MIN_COV_SAMPLES, " (two batches of three)")
         B = min(batches, samples // MIN_COV_SAMPLES)
         sizes = np.full(B, samples // B) + (np.arange(B) < samples % B)
-        ensemble, interrupted = _simulate_batches(net, width, method, workers, sizes, _batch_seeds(seed, B))
+        ensemble, interrupted = _simulate_batches(net, width, method, pool, sizes, batch_seeds(seed, B))
         done = sum(b.meta["samples"] for b in ensemble)
         if interrupted and len(ensemble) < 2:
             raise Interrupted(f"diagnose: interrupted after {done} of {samples} networks, before two batches held "
@@ -177,13 +185,14 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
     se["v4_unexplained"] = np.std([p["V4"] - p["v4_residual"] for p in per], axis=0, ddof=1) / np.sqrt(B)
     window, rel = {}, {}
     for q in ("V4", "K1"):
-        window[q], rel[q] = _first_violation(net.t, th[q], mean[q], se[q], threshold)
+        window[q] = validity_window(net.t, th[q], mean[q], se[q], threshold)
+        rel[q] = relative_error(th[q], mean[q])
     by_term = {k: mean.pop(f"v4_residual_{k}") for k in TERMS}
     by_term_se = {k: se.pop(f"v4_residual_{k}") for k in TERMS}
     arrays = dict(mean, source_closure=box(th.K0, S_bar(net, th.K0)), K0=th.K0, V4_gonly=th.V4, K1_gonly=th.K1)
     meta = {"kind": "diagnostics", "closure": "g-only", "width": width,
             "samples": int(sum(b.meta["samples"] for b in ensemble)), "seed": seed,
-            "method": ensemble[0].meta["method"], "batches": B, "threshold": threshold, "config": net.to_dict(),
+            "method": ensemble[0].meta["method"], "pool": ensemble[0].meta.get("pool"), "batches": B, "threshold": threshold, "config": net.to_dict(),
             "v4_residual_by_term": by_term, "v4_residual_by_term_se": by_term_se,
             "validity_window": window, "relative_error": rel, "samples_requested": samples,
             "interrupted": interrupted}

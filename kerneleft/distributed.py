@@ -3,7 +3,8 @@
 :class:`DaskMap` is a ``map(fn, tasks)`` for :func:`kerneleft.ensemble.simulate` (and :mod:`kerneleft.sweep`):
 it submits ``fn(task)`` to a :class:`dask.distributed.Client`, keeps a bounded number of tasks in flight and
 yields the results **in task order**. The ensemble seeds chunk i by ``SeedSequence(seed, spawn_key=(i,))``
-and folds the results in chunk order, so a run on any cluster is bit-identical to the serial run (THEORY §7).
+and folds the results in chunk order, so a run on any cluster is bit-identical to the serial run
+(docs/estimators.md#ensembles).
 
 Fault tolerance is Dask's: tasks are pure (their output is a function of their arguments only), so the
 scheduler reruns the tasks of a worker that dies on another worker and the numbers do not change. A task that
@@ -21,6 +22,7 @@ import hashlib
 import itertools
 import os
 import threading
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -30,7 +32,7 @@ import numpy as np
 from .validate import check_int
 from .errors import InputError, Interrupted
 
-__all__ = ["DaskMap", "environment", "require"]
+__all__ = ["DaskMap", "local_cluster", "environment", "require"]
 
 _DEFAULT_MIN_IN_FLIGHT = 8
 _END = object()
@@ -40,7 +42,7 @@ _END = object()
 def environment() -> dict[str, str]:
     """What must agree between the client and every worker for bit-identical numbers: the kerneleft and numpy
     versions and a hash of kerneleft's source files (catches edited or stale copies of the same version)."""
-    from . import __version__
+    from ._version import __version__
 
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
@@ -114,6 +116,10 @@ class DaskMap:
     retries : resubmissions of a task that ended in ``KilledWorker``.
     timeout : connection timeout (a Dask duration such as ``"10s"``); default Dask's.
 
+    Attributes
+    ----------
+    slots : the ``threading.BoundedSemaphore`` of the ``max_in_flight`` task slots (all free between calls).
+
     Tasks must be picklable and pure: ``fn(task)`` may run more than once and on any worker. :meth:`abort`
     stops every call of the map (from any thread) at once (docs/numerics.md#interrupts).
     """
@@ -135,7 +141,7 @@ class DaskMap:
         self.max_in_flight = max_in_flight or max(2 * threads, _DEFAULT_MIN_IN_FLIGHT)
         self.max_ahead = max_ahead or 4 * self.max_in_flight
         self.retries = retries
-        self._slots = threading.BoundedSemaphore(self.max_in_flight)
+        self.slots = threading.BoundedSemaphore(self.max_in_flight)
         self._env = environment()
         self._aborted = threading.Event()
         self._wakes: set[threading.Event] = set()
@@ -145,6 +151,9 @@ class DaskMap:
     def address(self) -> str:
         """The scheduler's address."""
         return self.client.scheduler.address
+
+    def __repr__(self) -> str:
+        return f"dask({self.address})"
 
     @property
     def worker_threads(self) -> int:
@@ -216,7 +225,7 @@ class DaskMap:
                 wake.clear()
                 for i in [i for i in running if pending[i].done()]:
                     running.discard(i)
-                    self._slots.release()
+                    self.slots.release()
                 ready = list(itertools.takewhile(lambda i: i in pending and i not in running,
                                                  itertools.count(yielded)))
                 for result in self._results([pending.pop(i) for i in ready]):
@@ -225,11 +234,11 @@ class DaskMap:
                 # Submit while slots are free; block for a slot only when this call has nothing running
                 # (then every slot is held by another call's running task, which frees it when done).
                 while not exhausted and submitted - yielded < self.max_ahead and \
-                        self._slots.acquire(blocking=not running):
+                        self.slots.acquire(blocking=not running):
                     task = next(tasks, _END)
                     if task is _END:
                         exhausted = True
-                        self._slots.release()
+                        self.slots.release()
                         break
                     pending[submitted] = self._submit(fn, task)
                     pending[submitted].add_done_callback(lambda _: wake.set())
@@ -245,7 +254,20 @@ class DaskMap:
             with self._wakes_lock:
                 self._wakes.discard(wake)
             for _ in running:
-                self._slots.release()
+                self.slots.release()
             if pending:
                 self.client.cancel(list(pending.values()))
 
+
+@contextmanager
+def local_cluster(workers: int, field: str = "workers") -> Iterator[DaskMap]:
+    """A :class:`DaskMap` on a loopback ``LocalCluster`` of ``workers`` single-threaded worker processes, closed on
+    exit (``field`` names the argument in the one-line error if ``distributed`` is missing)."""
+    LocalCluster = require("distributed", field).LocalCluster
+    import dask
+
+    # Dask's default MALLOC_TRIM_THRESHOLD_ for workers slows the samplers' large temporaries by ~12%.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address=None) as cluster, DaskMap(cluster.scheduler_address) as dmap:
+        yield dmap

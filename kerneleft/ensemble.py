@@ -1,53 +1,47 @@
-"""Exact finite-width ensembles: chunked, reproducible, parallel Monte Carlo (THEORY §2, §7).
+"""Exact finite-width ensembles: chunked, reproducible, parallel Monte Carlo (docs/estimators.md#ensembles).
 
 Modelled on QuTiP's multi-trajectory solver. The ``samples`` networks are cut into fixed-size *chunks*
 (size fixed by method, width and P — never by the number of workers); chunk i draws from the i-th child of
 ``np.random.SeedSequence(seed)`` (``SeedSequence(seed, spawn_key=(i,))`` is exactly ``.spawn(..)[i]``).
-Consecutive chunks are grouped into *tasks* handed to a pluggable ``map(fn, tasks) -> iterator`` (serial,
-:class:`ProcessMap`, or e.g. a Dask map); each task returns one :class:`Partial` (sufficient statistics) per
-chunk and the main process folds them in chunk order. Hence the numbers are bit-identical for any workers and
-any grouping, memory does not grow with ``samples``, and a stop rule or Ctrl-C ends the run after whole chunks.
+Consecutive chunks are grouped into *tasks* handed to the ``pool``, a map ``m(fn, tasks) -> iterator``
+(:func:`kerneleft.maps.as_map`: serial, local processes, or a Dask map); each task returns one :class:`Partial`
+(sufficient statistics) per chunk and the main process folds them in chunk order. Hence the numbers are
+bit-identical for any pool and any grouping, memory does not grow with ``samples``, and a stop rule or Ctrl-C ends the run after whole chunks.
 
 Interrupts (docs/numerics.md#interrupts): Ctrl-C (or SIGTERM, which the CLI turns into Ctrl-C) makes
 :func:`simulate` return the chunks folded so far with ``meta['interrupted'] = True``; pipelines built on it
 (diagnose, reproduce, sweep) stop and raise :class:`~kerneleft.errors.Interrupted`. Worker processes never outlive
-the process that started them (:func:`_worker_init`).
+the process that started them (:mod:`kerneleft.maps`).
 """
 from __future__ import annotations
 
-import builtins
-import ctypes
-import importlib
-import multiprocessing
-import os
-import signal
 import sys
-import threading
 import time
-import traceback
 from dataclasses import dataclass
-from multiprocessing import connection as _mp_connection
 from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from .config import Network
-from .estimators import MIN_COV_SAMPLES, Moments, drift_control_variate, extrapolate_K1, merge, pair_index
+from .estimators import MIN_COV_SAMPLES, Moments, drift_control_variate, extrapolate_K1, merge
 from .gaussian import jacobian
 from .kernel import K0_discrete
+from .maps import as_map, describe, local_workers
+from .pairs import pair_basis
 from .result import KernelResult
-from .samplers import conditional_paths, weights_paths
-from .validate import check_ensemble_size, check_int, check_positive, check_workers
+from .samplers import conditional_paths, gonly_chain, weights_paths
+from .limits import check_bytes
+from .validate import check_int, check_positive
 from .errors import InputError
 
-__all__ = ["METHODS", "register_method", "get_method", "default_chunk_size", "Partial", "chunk_statistics",
-           "transport_ops", "run_task", "ProcessMap", "statistics", "simulate", "extrapolate_K1"]
+__all__ = ["METHODS", "get_method", "default_chunk_size", "check_ensemble_size", "batch_seeds", "Partial",
+           "chunk_statistics", "transport_ops", "run_task", "statistics", "simulate", "extrapolate_K1"]
 
 PathSampler = Callable  # f(net, width, size, rng) -> (G, Sigma), each (size, L+1, P, P)
 
-METHODS: dict[str, PathSampler] = {"conditional": conditional_paths, "weights": weights_paths}
-_LAZY_METHODS = {"g-only-chain": "kerneleft.theory.gonly"}   # modules that register themselves on import
+METHODS: dict[str, PathSampler] = {"conditional": conditional_paths, "weights": weights_paths,
+                                   "g-only-chain": gonly_chain}
 _CHUNK_RULES: dict[str, Callable[[Network, int], int]] = {
     # ~2^16 floats per (size, P, n) buffer: cache-resident, per-layer Python overhead amortised.
     "conditional": lambda net, n: 2 ** 16 // (n * net.P),
@@ -59,23 +53,12 @@ _MAX_CHUNK = 1024
 _MIN_STOP_SAMPLES = 64
 
 
-def register_method(name: str, fn: PathSampler, chunk_size: Callable[[Network, int], int] | None = None) -> None:
-    """Register a path sampler ``fn(net, width, size, rng) -> (G, Sigma)``; ``chunk_size(net, width)`` optional."""
-    METHODS[name] = fn
-    if chunk_size is not None:
-        _CHUNK_RULES[name] = chunk_size
-
-
 def get_method(name: str) -> PathSampler:
-    """The registered path sampler ``name`` (importing a lazily registered one); ValueError if unknown."""
+    """The registered path sampler ``name``; InputError if unknown."""
     if not isinstance(name, str):
         raise InputError(f"method: must be a method name, got {type(name).__name__}")
-    if name not in METHODS and name in _LAZY_METHODS:
-        importlib.import_module(_LAZY_METHODS[name])
-        if name not in METHODS:
-            raise InputError(f"method: {name!r} is not available ({_LAZY_METHODS[name]} did not register it)")
     if name not in METHODS:
-        allowed = ", ".join(sorted(set(METHODS) | set(_LAZY_METHODS)))
+        allowed = ", ".join(sorted(METHODS))
         raise InputError(f"method: unknown method {name!r} (allowed: {allowed})")
     return METHODS[name]
 
@@ -86,13 +69,46 @@ def default_chunk_size(method: str, net: Network, width: int) -> int:
     return _DEFAULT_CHUNK if rule is None else int(np.clip(rule(net, width), 1, _MAX_CHUNK))
 
 
+BYTES_PER_CHUNK = 64
+"""Bookkeeping per seeded chunk of an ensemble (list entry, seed, task tuple): bounds ``samples``."""
+
+
+def check_ensemble_size(net, method: str, width: int, samples: int, chunk_size: int | None = None, workers: int = 1,
+                        batches: int = 1, name: Callable[[str], str] = str) -> None:
+    """Refuse up front (InputError naming the argument, with the estimate) an ensemble whose memory would exceed
+    :data:`kerneleft.limits.MAX_BYTES`: the neuron buffers of one chunk in each worker (width, chunk_size,
+    workers), its (chunk, L+1, P, P) paths (depth), the per-layer moments of ``batches`` results (depth) and the
+    per-chunk bookkeeping (samples). The buffer sizes are those of :mod:`kerneleft.samplers`; ``name`` maps an
+    argument to the name reported (``lambda a: "--" + a`` for the CLI, ``"ensemble." + a`` for a sweep file).
+    """
+    chunk = min(chunk_size or default_chunk_size(method, net, width), samples)
+    P, L1, d = net.P, net.depth + 1, net.P * (net.P + 1)
+    neurons = {"conditional": 4 * chunk * P * width, "weights": chunk * width * (width + 3 * P)}.get(method, 0)
+    what = f"one chunk of {chunk} networks of width {width}"
+    check_bytes(name("chunk_size" if chunk_size else "width"), 8.0 * neurons, what)
+    check_bytes(name("workers"), 8.0 * neurons * workers, f"{workers} workers, each holding {what}")
+    check_bytes("depth", 8.0 * 2 * chunk * L1 * P * P, f"the paths of one chunk over depth = {net.depth} layers")
+    check_bytes("depth", 8.0 * batches * L1 * (6 * P ** 4 + 4 * d * d),
+                f"the moments of {batches} ensemble(s) over depth = {net.depth} layers")
+    chunks = -(-samples // chunk)
+    check_bytes(name("samples"), BYTES_PER_CHUNK * chunks, f"the bookkeeping of {chunks} chunks of {chunk} networks")
+
+
+def batch_seeds(seed: int, batches: int, *, width: int | None = None) -> list[int]:
+    """Seeds of ``batches`` independent ensembles: 63-bit integers drawn from ``SeedSequence(seed)``, or from
+    ``SeedSequence([seed, width])`` when each width needs its own streams (``reproduce``)."""
+    entropy = seed if width is None else [seed, width]
+    return [int(s) for s in np.random.SeedSequence(entropy).generate_state(batches, dtype=np.uint64) >> np.uint64(1)]
+
+
 @dataclass(frozen=True)
 class Partial:
-    """Sufficient statistics of a set of networks (§7), per layer.
+    """Sufficient statistics of a set of networks (docs/estimators.md#standard-errors), per layer.
 
     ``gs``: Moments of x[l] = (G^l_ab, Σ^l_ab over a <= b), leading shape (L+1,), d = P(P+1).
     ``drift``: Moments of (D^l, D^l − Y^l) over a <= b for l = 1..L, leading (L,), d = P(P+1): the drift
-    integral D^l = K_in + ε Σ_{k<l} S^k (§7) and the same minus its control variate Y^l
+    integral D^l = K_in + ε Σ_{k<l} S^k (docs/estimators.md#drift-estimator) and the same minus its control
+    variate Y^l
     (:func:`~kerneleft.estimators.drift_control_variate`); both have mean E[G^l].
     """
 
@@ -108,17 +124,17 @@ def chunk_statistics(sampler: PathSampler, net: Network, width: int, size: int,
     """Draw ``size`` networks with ``sampler`` from ``seed_seq`` and reduce them to a :class:`Partial`;
     Tr (L, P,P,P,P): transport operators 𝒯_k = C_W DF(K0^k) for the control variate."""
     G, Sigma = sampler(net, width, size, np.random.default_rng(seed_seq))
-    a, b = np.triu_indices(net.P)
+    p = pair_basis(net.P)
     S = net.C_W * Sigma + net.C_b                                        # (size, L+1, P, P)
     D = net.K_in + net.eps * np.cumsum(S[:, :-1], axis=1)                # D^1..D^L
     Y = drift_control_variate(G, S, net.K_in, Tr, net.eps)
-    x = np.concatenate([G[..., a, b], Sigma[..., a, b]], axis=-1)        # (size, L+1, 2k)
-    drift = np.concatenate([D[..., a, b], (D - Y)[..., a, b]], axis=-1)  # (size, L, 2k)
+    x = np.concatenate([p.vec(G), p.vec(Sigma)], axis=-1)               # (size, L+1, 2k)
+    drift = np.concatenate([p.vec(D), p.vec(D - Y)], axis=-1)           # (size, L, 2k)
     return Partial(Moments.from_samples(x), Moments.from_samples(drift))
 
 
 def transport_ops(net: Network, K0: np.ndarray) -> np.ndarray:
-    """𝒯_k = C_W DF(K0^k) for k = 0..L−1 (§5), (L, P,P,P,P)."""
+    """𝒯_k = C_W DF(K0^k) for k = 0..L−1 (docs/gonly.md#coefficients), (L, P,P,P,P)."""
     return net.C_W * jacobian(net.phi, K0[:-1])
 
 
@@ -130,158 +146,16 @@ def run_task(task: tuple) -> list[Partial]:
             for j, size in enumerate(sizes)]
 
 
-_PR_SET_PDEATHSIG = 1          # linux/prctl.h
-_WATCH_PARENT_S = 0.5
-# fork on Linux (fast; the worker's parent is this process), spawn elsewhere
-_MP = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
-def _set_pdeathsig() -> bool:
-    """Ask the Linux kernel to SIGKILL this process when its parent exits; False where prctl is unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _watch_parent(parent: int) -> None:
-    """Exit this process as soon as its parent ``parent`` is gone (it is re-parented); polls os.getppid()."""
-    while os.getppid() == parent:
-        time.sleep(_WATCH_PARENT_S)
-    os._exit(1)
-
-
-def _worker_init(parent: int) -> None:
-    """Worker start-up: ignore SIGINT (a terminal's Ctrl-C goes to the whole process group; the parent decides
-    when to stop and kills its workers) and die with the parent ``parent`` — PR_SET_PDEATHSIG(SIGKILL), else a
-    watchdog thread polling os.getppid()."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not _set_pdeathsig():
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="kerneleft-watch-parent").start()
-    if os.getppid() != parent:     # the parent died before the worker was armed
-        os._exit(1)
-
-
-def _worker_main(conn, parent: int) -> None:
-    """A :class:`ProcessMap` worker: for each ``(fn, task)`` received on ``conn`` send back ``(True, fn(task))``
-    or ``(False, (exception, traceback text))``; ``None`` or a closed pipe ends it."""
-    _worker_init(parent)
-    try:
-        while (msg := conn.recv()) is not None:
-            fn, task = msg
-            try:
-                reply = (True, fn(task))
-            except Exception as err:                      # re-raised in the parent
-                reply = (False, (err, traceback.format_exc()))
-            try:
-                conn.send(reply)
-            except Exception as err:                      # an unpicklable result or exception
-                conn.send((False, (RuntimeError(f"{type(err).__name__}: {err}"), traceback.format_exc())))
-    except EOFError:
-        pass
-
-
-class ProcessMap:
-    """``map(fn, tasks)`` over ``workers`` processes, results in task order, at most ``2·workers`` tasks running
-    or waiting to be yielded.
-
-    Each worker has its own pipe, so a worker can be killed at any moment without disturbing the others or the
-    parent. Workers ignore SIGINT (Ctrl-C reaches only the main process) and die with their parent
-    (:func:`_worker_init`); a worker ended by SIGTERM (sent to the whole process group, as batch systems do)
-    counts as Ctrl-C. On Ctrl-C the finished results at the head of the order are still yielded before
-    KeyboardInterrupt propagates; on any early exit (Ctrl-C, an error, the consumer closing the iterator) the
-    workers are killed at once, not waited for.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-
-    def __call__(self, fn, tasks):
-        tasks = enumerate(tasks)
-        workers, finished = [], False
-        try:
-            for _ in range(self.workers):
-                ours, theirs = _MP.Pipe()
-                proc = _MP.Process(target=_worker_main, args=(theirs, os.getpid()), daemon=True,
-                                   name="kerneleft-worker")
-                proc.start()
-                theirs.close()
-                workers.append((proc, ours))
-            idle = list(workers)
-            busy, done = {}, {}          # connection -> (process, task index); task index -> result not yet yielded
-            nxt = submitted = 0
-            exhausted = False
-            try:
-                while True:
-                    while idle and not exhausted and submitted - nxt < 2 * self.workers:
-                        item = next(tasks, None)
-                        if item is None:
-                            exhausted = True
-                            break
-                        proc, conn = idle.pop()
-                        conn.send((fn, item[1]))
-                        busy[conn] = (proc, item[0])
-                        submitted += 1
-                    while nxt in done:
-                        nxt += 1
-                        yield done.pop(nxt - 1)
-                    if not busy:
-                        if exhausted:
-                            break
-                        continue
-                    for conn in _mp_connection.wait(list(busy)):
-                        proc, i = busy.pop(conn)
-                        done[i] = _reply(proc, conn)
-                        idle.append((proc, conn))
-            except KeyboardInterrupt:
-                for conn in [c for c in busy if c.poll()]:      # replies already sent (or being sent)
-                    proc, i = busy.pop(conn)
-                    done[i] = _reply(proc, conn)
-                while nxt in done:
-                    nxt += 1
-                    yield done.pop(nxt - 1)
-                raise
-            finished = True
-        finally:
-            for proc, conn in workers:
-                if finished:
-                    conn.send(None)
-                elif proc.is_alive():
-                    proc.kill()
-            for proc, conn in workers:
-                proc.join()
-                conn.close()
-
-
-def _reply(proc, conn):
-    """The result a worker sent on ``conn``; its exception (with the worker's traceback as a note) re-raised;
-    KeyboardInterrupt if SIGTERM or SIGINT ended the worker, else RuntimeError if it died."""
-    try:
-        ok, value = conn.recv()
-    except (EOFError, OSError):
-        proc.join(1)
-        if proc.exitcode in (-signal.SIGTERM, -signal.SIGINT):
-            raise KeyboardInterrupt from None
-        raise RuntimeError(f"worker process {proc.pid} died (exit code {proc.exitcode})") from None
-    if ok:
-        return value
-    err, tb = value
-    err.add_note(f"in worker process {proc.pid}:\n{tb}")
-    raise err
-
-
 def _tensor(c: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """(..., k, k) over pairs a <= b -> full (..., P, P, P, P)."""
     return c[..., idx[:, :, None, None], idx[None, None, :, :]]
 
 
 def statistics(part: Partial, net: Network, width: int, K0: np.ndarray) -> tuple[dict, dict]:
-    """Arrays and standard errors of :func:`simulate` from merged sufficient statistics (§7)."""
+    """Arrays and standard errors of :func:`simulate` from merged sufficient statistics
+    (docs/estimators.md#standard-errors)."""
     P, n = net.P, width
-    k, idx = P * (P + 1) // 2, pair_index(P)
+    k, idx = P * (P + 1) // 2, pair_basis(P).index
     lo, hi = slice(0, k), slice(k, None)              # gs: (G, Σ) columns; drift: (D, D − Y) columns
     mean, mean_se = part.gs.mean, part.gs.mean_se()
     cov, cov_se = n * part.gs.cov(), n * part.gs.cov_se()
@@ -300,26 +174,34 @@ def statistics(part: Partial, net: Network, width: int, K0: np.ndarray) -> tuple
     return arrays, se
 
 
-def simulate(net: Network, width: int, samples: int, seed: int, method: str = "conditional", workers: int = 1, *,
-             chunk_size: int | None = None, progress: bool = True, map: Callable | None = None,
-             stop_se: float | None = None, chunks_per_task: int = 1, scheduler=None) -> KernelResult:
-    """Exact ensemble statistics of ``samples`` independent width-``width`` networks (§2, §7).
+def _argument(name: str) -> str:
+    """The simulate argument behind a :func:`check_ensemble_size` name (``workers`` is ``pool``)."""
+    return "pool" if name == "workers" else name
+
+
+def simulate(net: Network, width: int, samples: int, seed: int, method: str = "conditional", pool=None, *,
+             chunk_size: int | None = None, progress: bool = True, stop_se: float | None = None,
+             chunks_per_task: int = 1) -> KernelResult:
+    """Exact ensemble statistics of ``samples`` independent width-``width`` networks
+    (docs/exact.md#conditional-gaussianity, docs/estimators.md#standard-errors).
 
     Returns a KernelResult with arrays (and ``se`` for all but K0): ``G_mean``, ``Sigma_mean`` (L+1,P,P);
     ``V4 = n Cov[G]``, ``covGSigma = n Cov[G_ab, Σ_cd]``, ``covSigma = n Cov[Σ]`` (L+1,P,P,P,P);
-    ``K1 = n(E[G] − K0_discrete)`` by the drift integral E[G^l] = K_in + ε Σ_{k<l} E[S^k] (§7, I1);
+    ``K1 = n(E[G] − K0_discrete)`` by the drift integral E[G^l] = K_in + ε Σ_{k<l} E[S^k]
+    (I1; docs/estimators.md#drift-estimator);
     ``K1_cv``: the same with the linear-response control variate subtracted (exactly unbiased, smaller SE);
     ``K1_naive = n(mean G − K0_discrete)``; ``K0`` (discrete).
 
     ``chunk_size``: samples per seeded chunk (default :func:`default_chunk_size`; changing it changes the draws).
-    ``chunks_per_task`` (grouping) and ``workers``/``map`` never change the numbers. ``map(fn, tasks)`` must yield
-    ``fn(task)`` in order. ``stop_se``: stop after the first whole chunk at which max K1 SE <= stop_se
-    (checked from 64 samples on). Ctrl-C returns the chunks finished so far with ``meta['interrupted'] = True``
-    and ``meta['samples']`` the networks in them (``samples_requested`` the asked number); with fewer than
+    ``pool``: where the chunks run (:func:`kerneleft.maps.as_map`): None or 1 serial, an int k >= 2 local
+    processes, or a map object ``m(fn, tasks)`` yielding ``fn(task)`` in order (e.g. a
+    :class:`kerneleft.distributed.DaskMap`). ``chunks_per_task`` (grouping) and ``pool`` never change the numbers;
+    meta records ``pool`` (``serial``, ``processes(2)``, ``dask(tcp://...)``) and ``workers`` (local processes).
+    ``stop_se``: stop after the first whole chunk at which max K1 SE <= stop_se (checked from 64 samples on).
+    Ctrl-C returns the chunks finished so far with ``meta['interrupted'] = True`` and ``meta['samples']`` the
+    networks in them (``samples_requested`` the asked number); with fewer than
     three networks folded it raises KeyboardInterrupt. Callers that must not continue on partial data check
     ``meta['interrupted']`` (docs/numerics.md#interrupts).
-    ``scheduler``: a ``dask.distributed.Client`` or scheduler address — the chunks run as Dask tasks
-    (:class:`kerneleft.distributed.DaskMap`; ``workers`` is then the number of Dask workers to wait for).
     """
     if not isinstance(net, Network):
         raise InputError(f"net: must be a kerneleft Network, got {type(net).__name__}")
@@ -327,24 +209,12 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
     width = check_int("width", width, 1)
     samples = check_int("samples", samples, MIN_COV_SAMPLES, " (standard errors of V4 need 3)")
     seed = check_int("seed", seed, 0)
-    workers = check_workers("workers", workers, local=scheduler is None and map is None)
+    pool = as_map(pool)
     chunks_per_task = check_int("chunks_per_task", chunks_per_task, 1)
     chunk = default_chunk_size(method, net, width) if chunk_size is None else check_int("chunk_size", chunk_size, 1)
     if stop_se is not None:
         check_positive("stop_se", stop_se)
-    check_ensemble_size(net, method, width, samples, chunk_size, workers if scheduler is None else 1)
-    if scheduler is not None:
-        if map is not None:
-            raise InputError("scheduler: give either map or scheduler, not both")
-        from .distributed import DaskMap
-
-        with DaskMap(scheduler, min_workers=workers) as dask_map:
-            res = simulate(net, width, samples, seed, method, workers, chunk_size=chunk_size, progress=progress,
-                           map=dask_map, stop_se=stop_se, chunks_per_task=chunks_per_task)
-            res.meta["scheduler"] = dask_map.address
-        return res
-    if map is None:
-        map = builtins.map if workers == 1 else ProcessMap(workers)
+    check_ensemble_size(net, method, width, samples, chunk_size, local_workers(pool), name=_argument)
     K0 = K0_discrete(net)
     Tr = transport_ops(net, K0)
 
@@ -356,7 +226,7 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
 
     total, done, interrupted, stopped = None, 0, False, False
     start = time.perf_counter()
-    results = map(run_task, tasks)
+    results = pool(run_task, tasks)
     bar = tqdm(total=samples, unit="net", desc=f"simulate[{method}, n={width}]", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     try:
@@ -380,8 +250,11 @@ def simulate(net: Network, width: int, samples: int, seed: int, method: str = "c
 
     arrays, se = statistics(total, net, width, K0)
     meta = {"kind": "simulation", "method": method, "width": width, "samples": total.gs.count,
-            "samples_requested": samples, "seed": seed, "config": net.to_dict(), "workers": workers,
+            "samples_requested": samples, "seed": seed, "config": net.to_dict(), "pool": describe(pool),
+            "workers": local_workers(pool),
             "chunk_size": chunk, "chunks": done, "chunks_per_task": chunks_per_task,
             "interrupted": interrupted, "stop_se": stop_se, "stopped_early": stopped,
             "timings": {"wall_s": wall, "per_sample_s": wall / total.gs.count}}
+    if hasattr(pool, "address"):                     # a Dask map: the scheduler that ran the chunks
+        meta["scheduler"] = pool.address
     return KernelResult(net.t, arrays, se, meta)

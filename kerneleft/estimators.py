@@ -1,4 +1,4 @@
-"""Streaming moment accumulators and standard errors for the exact ensemble (THEORY §7).
+"""Streaming moment accumulators and standard errors for the exact ensemble (docs/estimators.md#standard-errors).
 
 :class:`Moments` holds the central co-moments of a d-vector observable up to order (2, 2) — enough for means,
 covariances and the standard errors of both (docs/estimators.md#standard-errors) — and merges two partial results
@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .pairs import pair_basis
 from .result import KernelResult
 from .errors import InputError
 
-__all__ = ["MIN_COV_SAMPLES", "Moments", "merge", "pair_index", "drift_control_variate", "extrapolate_K1"]
+__all__ = ["MIN_COV_SAMPLES", "Moments", "merge", "drift_control_variate", "WidthFit",
+           "extrapolate_width", "extrapolate_K1"]
 
 #: Fewest samples with a defined standard error of a covariance (:meth:`Moments.cov_se`).
 MIN_COV_SAMPLES = 3
@@ -92,20 +94,13 @@ def merge(a: Moments, b: Moments) -> Moments:
     return Moments(n, mean, *(x + y for x, y in zip(pa, pb)))
 
 
-def pair_index(P: int) -> np.ndarray:
-    """idx[a, b] = position of the unordered pair {a, b} in the P(P+1)/2 upper-triangle list; (P, P) int."""
-    idx = np.empty((P, P), dtype=int)
-    a, b = np.triu_indices(P)
-    idx[a, b] = idx[b, a] = np.arange(a.size)
-    return idx
-
-
 def drift_control_variate(G: np.ndarray, S: np.ndarray, K_in: np.ndarray, Tr: np.ndarray, eps: float) -> np.ndarray:
     """Linear-response control variate Y^l (l = 1..L) for the drift integral D^l, with E[Y^l] = 0 exactly.
 
-    G, S (size, L+1, P, P) per network; Tr (L, P,P,P,P) the transport operators 𝒯_k = C_W DF(K0^k) (§5).
+    G, S (size, L+1, P, P) per network; Tr (L, P,P,P,P) the transport operators 𝒯_k = C_W DF(K0^k)
+    (docs/gonly.md#coefficients); see docs/estimators.md#control-variate.
     Built only from zero-mean pieces — δ^0 = G^0 − K_in (I3) and the martingale increments
-    ΔM^k = G^{k+1} − G^k − ε S^k (I1) — propagated linearly: δ^{k+1} = δ^k + ε𝒯_k δ^k + ΔM^k,
+    ΔM^k = G^{k+1} − G^k − ε S^k (I1; docs/exact.md#identities) — propagated linearly: δ^{k+1} = δ^k + ε𝒯_k δ^k + ΔM^k,
     Y^l = ε Σ_{k<l} 𝒯_k δ^k. Since D^l − E[D^l] ≈ ε Σ_{k<l} 𝒯_k (G^k − E G^k) to first order, D − Y keeps only the
     nonlinear and not-slaved-to-G parts of the fluctuation of S. Returns (size, L, P, P).
     """
@@ -121,8 +116,55 @@ def drift_control_variate(G: np.ndarray, S: np.ndarray, K_in: np.ndarray, Tr: np
     return Y
 
 
+@dataclass(frozen=True)
+class WidthFit:
+    """Per-entry fit ``y_n = Σ_k coef[k] / n^k`` (docs/estimators.md#width-extrapolation); entry shape ``...``.
+
+    ``coef``, ``se`` (degree+1, ...): coefficients and their SEs (``coef[0]`` the n → ∞ limit); ``chi2`` (...) the
+    weighted squared residual; ``dof`` (...) widths − degree − 1, 0 for exact entries (SE 0 at every width).
+    """
+
+    coef: np.ndarray
+    se: np.ndarray
+    chi2: np.ndarray
+    dof: np.ndarray
+
+    @property
+    def value(self) -> np.ndarray:
+        """The n → ∞ limit (...)."""
+        return self.coef[0]
+
+    @property
+    def value_se(self) -> np.ndarray:
+        return self.se[0]
+
+
+def extrapolate_width(widths, values, ses, degree: int = 1) -> WidthFit:
+    """Fit ``y_n = A + Σ_{k=1..degree} B_k / n^k`` per entry by weighted least squares, weights 1/SE²
+    (docs/estimators.md#width-extrapolation).
+
+    ``widths`` (m,) distinct; ``values``, ``ses``: one array (...) per width. Entries whose SE is 0 at every width
+    are exact: fitted unweighted and reported with SE 0 and no degrees of freedom.
+    """
+    x = 1.0 / np.asarray(widths, dtype=float)
+    m = x.size
+    if m < degree + 1 or np.unique(x).size != m:
+        raise InputError(f"widths: need >= {degree + 1} distinct widths for degree {degree}, got {list(widths)}")
+    y, s = np.stack(values).astype(float), np.stack(ses).astype(float)          # (m, ...)
+    exact = np.all(s == 0, axis=0)
+    w = np.where(exact, 1.0, 1.0 / np.where(s > 0, s, np.inf) ** 2)
+    X = np.vander(x, degree + 1, increasing=True)                                # (m, degree+1)
+    cov = np.linalg.inv(np.einsum("m...,mi,mj->...ij", w, X, X))                 # (..., degree+1, degree+1)
+    coef = np.einsum("...ij,m...,mj,m...->i...", cov, w, X, y)
+    resid = y - np.einsum("mi,i...->m...", X, coef)
+    se = np.moveaxis(np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1)), -1, 0)
+    return WidthFit(coef, np.where(exact, 0.0, se), np.where(exact, 0.0, (w * resid ** 2).sum(0)),
+                    np.where(exact, 0, m - degree - 1))
+
+
 def extrapolate_K1(results) -> KernelResult:
-    """Fit ``K1_n = K1 + c/n`` per (l, a, b) by weighted least squares (weights 1/SE²) over >= 2 widths (§7).
+    """Fit ``K1_n = K1 + c/n`` per (l, a, b) over >= 2 widths by :func:`extrapolate_width`
+    (docs/estimators.md#width-extrapolation).
 
     ``results``: sampler KernelResults (same net, distinct ``meta['width']``) with ``K1`` and its ``se``.
     Returns a KernelResult with arrays ``K1`` (the n → ∞ limit) and ``K1_slope`` (c), each with ``se``, and meta
@@ -130,24 +172,13 @@ def extrapolate_K1(results) -> KernelResult:
     the drift estimator) are exact: fitted unweighted, reported with SE 0.
     """
     results = list(results)
-    widths = np.array([r.meta["width"] for r in results], dtype=float)
-    if len(np.unique(widths)) < 2:
-        raise InputError(f"results: need >= 2 distinct widths, got {widths.tolist()}")
-    y = np.stack([r["K1"] for r in results])                    # (m, L+1, P, P)
-    se = np.stack([r.se["K1"] for r in results])
-    exact = np.all(se == 0, axis=0)
-    w = np.where(exact, 1.0, 1.0 / np.where(se > 0, se, np.inf) ** 2)
-    x = (1.0 / widths).reshape(-1, *([1] * (y.ndim - 1)))
-    S0, S1, S2 = w.sum(0), (w * x).sum(0), (w * x * x).sum(0)
-    Sy, Sxy = (w * y).sum(0), (w * x * y).sum(0)
-    det = S0 * S2 - S1 ** 2
-    K1 = (S2 * Sy - S1 * Sxy) / det
-    slope = (S0 * Sxy - S1 * Sy) / det
-    iu = np.triu_indices(y.shape[-1])
-    resid = np.where(exact, 0.0, w * (y - K1 - slope * x) ** 2)[..., iu[0], iu[1]]
-    zero = np.where(exact, 0.0, 1.0)
-    return KernelResult(results[0].t, {"K1": K1, "K1_slope": slope},
-                        se={"K1": zero * np.sqrt(S2 / det), "K1_slope": zero * np.sqrt(S0 / det)},
-                        meta={"kind": "extrapolation", "widths": widths.tolist(),
-                              "chi2": float(resid.sum()),
-                              "dof": int(np.sum(~exact[..., iu[0], iu[1]])) * (len(widths) - 2)})
+    widths = [r.meta["width"] for r in results]
+    if len(set(widths)) < 2:
+        raise InputError(f"results: need >= 2 distinct widths, got {[float(n) for n in widths]}")
+    fit = extrapolate_width(widths, [r["K1"] for r in results], [r.se["K1"] for r in results])
+    p = pair_basis(results[0]["K1"].shape[-1])
+    return KernelResult(results[0].t, {"K1": fit.coef[0], "K1_slope": fit.coef[1]},
+                        se={"K1": fit.se[0], "K1_slope": fit.se[1]},
+                        meta={"kind": "extrapolation", "widths": [float(n) for n in widths],
+                              "chi2": float(p.vec(fit.chi2).sum()),
+                              "dof": int(p.vec(fit.dof).sum())})

@@ -1,4 +1,4 @@
-"""Gaussian-expectation engine (THEORY §1, §4, §6): F(K) = E_{z~N(0,K)}[φ(z) φ(z)ᵀ] and its derivative maps.
+"""Gaussian-expectation engine: F(K) = E_{z~N(0,K)}[φ(z) φ(z)ᵀ] and its derivative maps (docs/numerics.md#closed-forms).
 
 Every entry is a bivariate integral over the 2x2 block of K on {a, b}, so each call evaluates the P(P−1)/2 pair
 blocks and the P diagonal (one-variable) moments in one vectorised call of two primitives:
@@ -6,7 +6,7 @@ blocks and the P diagonal (one-variable) moments in one vectorised call of two p
 - :func:`pair_moments`  M[..., i, j] = E[φ^(i)(u) φ^(j)(v)],  (u, v) ~ N(0, [[k11, k12], [k12, k22]]);
 - :func:`diag_moments`  D[..., m]    = E[(φ²)^(m)(u)],       u ~ N(0, k).
 
-Price's theorem / Gaussian integration by parts (§4) turns every derivative map into these:
+Price's theorem / Gaussian integration by parts (docs/numerics.md#closed-forms) turns every derivative map into these:
 E[∂^α(φ(z_a) φ(z_b))] = M[α_a, α_b] (a ≠ b) or D[α_a] (a = b), and ∂F_ab/∂K_ef over ordered pairs gives
 ``J[a,b,e,f] = ½ E[∂_e∂_f(φ_a φ_b)]``, ``H[a,b,e,f,g,h] = ¼ E[∂_e∂_f∂_g∂_h(φ_a φ_b)]``.
 
@@ -37,10 +37,12 @@ import operator
 import numpy as np
 
 from . import _gauss_quad
+from ._gauss_closed import block_det
 from .activations import Activation, get_activation
 from .errors import InputError
+from .pairs import pair_basis
 
-__all__ = ["pair_moments", "diag_moments", "F", "jacobian", "hessian", "DF", "D2F", "derivative_moment"]
+__all__ = ["block_det", "pair_moments", "diag_moments", "F", "jacobian", "hessian", "DF", "D2F", "derivative_moment"]
 
 _PSD_SLACK = 1e-8          # tolerated relative excess |k12| > sqrt(k11 k22) before a block is rejected
 
@@ -121,7 +123,7 @@ def pair_moments(act, k11, k22, k12, order, *, with_error=False, method="auto"):
 
     k's broadcast to shape S; returns (*S, order+1, order+1) (and, with ``with_error``, an error estimate of the
     same shape: 8 ulp for closed forms, the rounding bound for quadrature). ``method``: 'auto' (closed form if
-    there is one), 'closed' or 'quadrature' (for cross-checks). §4, §6.
+    there is one), 'closed' or 'quadrature' (for cross-checks). docs/numerics.md#closed-forms, #quadrature.
     """
     k11, k22, k12 = _block(k11, k22, k12)
     M, err = _pair(get_activation(act), k11, k22, k12, _order(order), method)
@@ -142,7 +144,7 @@ def _pair(act, k11, k22, k12, order, method="auto"):
 
 
 def diag_moments(act, k, order, *, with_error=False, method="auto"):
-    """D[..., m] = E[(φ²)^(m)(u)], u ~ N(0, k), m = 0..order; k shape S -> (*S, order+1). Options as pair_moments. §4."""
+    """D[..., m] = E[(φ²)^(m)(u)], u ~ N(0, k), m = 0..order; k shape S -> (*S, order+1). Options as pair_moments."""
     D, err = _diag(get_activation(act), _variance("k", k), _order(order), method)
     return (D, err) if with_error else D
 
@@ -161,7 +163,8 @@ def _diag(act, k, order, method="auto"):
 def _blocks(act, K, order):
     """Pair moments of all blocks a < b and diagonal moments: (M (..., npair, o+1, o+1), D (..., P, o+1), a, b)."""
     act, K = get_activation(act), _kernel(K)
-    a, b = np.triu_indices(K.shape[-1], 1)
+    p = pair_basis(K.shape[-1])
+    a, b = p.a[p.off], p.b[p.off]
     kd = np.diagonal(K, axis1=-2, axis2=-1)
     kab = _clip_psd("K", kd[..., a], kd[..., b], 0.5 * (K[..., a, b] + K[..., b, a]))
     return _pair(act, kd[..., a], kd[..., b], kab, order)[0], _diag(act, kd, order)[0], a, b
@@ -169,7 +172,7 @@ def _blocks(act, K, order):
 
 # ----------------------------------------------------------------------------------------------- F and derivatives
 def F(act, K):
-    """F(K)_ab = E_{z~N(0,K)}[φ(z_a) φ(z_b)] (§1); K (..., P, P) -> (..., P, P)."""
+    """F(K)_ab = E_{z~N(0,K)}[φ(z_a) φ(z_b)] (docs/model.md#network); K (..., P, P) -> (..., P, P)."""
     M, D, a, b = _blocks(act, K, 0)
     out = np.zeros(D.shape[:-1] + (D.shape[-2],))
     idx = np.arange(D.shape[-2])
@@ -198,12 +201,15 @@ def _derivative_tensor(act, K, n):
 
 
 def jacobian(act, K):
-    """J[..., a, b, e, f] = ½ E[∂_e∂_f(φ(z_a) φ(z_b))]: DF[X] = Σ_ef J X_ef over ordered pairs (§4, §5 𝒯 = C_W J)."""
+    """J[..., a, b, e, f] = ½ E[∂_e∂_f(φ(z_a) φ(z_b))]: DF[X] = Σ_ef J X_ef over ordered pairs; 𝒯 = C_W J.
+
+    docs/numerics.md#closed-forms."""
     return 0.5 * _derivative_tensor(act, K, 2)
 
 
 def hessian(act, K):
-    """H[..., a, b, e, f, g, h] = ¼ E[∂_e∂_f∂_g∂_h(φ_a φ_b)]: D²F[X, Y]_ab = Σ H X_ef Y_gh (§4, §5 ℋ = C_W H).
+    """H[..., a, b, e, f, g, h] = ¼ E[∂_e∂_f∂_g∂_h(φ_a φ_b)]: D²F[X, Y]_ab = Σ H X_ef Y_gh; ℋ = C_W H
+    (docs/numerics.md#closed-forms).
 
     Memory is P^6 doubles per kernel (134 MB at P = 16); prefer :func:`D2F` for contractions at large P.
     """
@@ -233,12 +239,16 @@ def _directional(act, K, Xs):
 
 
 def DF(act, K, X):
-    """DF_K[X]_ab = ½ Σ_ef X_ef E[∂_e∂_f(φ_a φ_b)] (§4, ordered pairs); K, X (..., P, P) -> (..., P, P)."""
+    """DF_K[X]_ab = ½ Σ_ef X_ef E[∂_e∂_f(φ_a φ_b)] (ordered pairs); K, X (..., P, P) -> (..., P, P).
+
+    docs/numerics.md#closed-forms."""
     return _directional(act, K, [X])
 
 
 def D2F(act, K, X, Y):
-    """D²F_K[X, Y]_ab = ¼ Σ X_ef Y_gh E[∂_e∂_f∂_g∂_h(φ_a φ_b)] (§4); K, X, Y (..., P, P) -> (..., P, P)."""
+    """D²F_K[X, Y]_ab = ¼ Σ X_ef Y_gh E[∂_e∂_f∂_g∂_h(φ_a φ_b)] ; K, X, Y (..., P, P) -> (..., P, P).
+
+    docs/numerics.md#closed-forms."""
     return _directional(act, K, [X, Y])
 
 
@@ -246,7 +256,7 @@ def derivative_moment(act, K, alpha):
     """E_{z~N(0,K)}[∂^alpha (φ(z_a) φ(z_b))] for a multi-index ``alpha`` (length P); K (..., P, P) -> (..., P, P).
 
     Zero unless supp(alpha) ⊆ {a, b}; equals M[alpha_a, alpha_b] of the (a, b) block for a ≠ b and the
-    one-variable moment E[(φ²)^(alpha_a)] on the diagonal (§6).
+    one-variable moment E[(φ²)^(alpha_a)] on the diagonal (docs/sigma.md#representations).
     """
     act, K = get_activation(act), _kernel(K)
     P = K.shape[-1]

@@ -1,4 +1,4 @@
-"""Infinite-width kernel K0 (THEORY §4): S̄(K) = C_W F(K) + C_b 11ᵀ, discrete recursion and continuous ODE.
+"""Infinite-width kernel K0 (docs/gonly.md#k0): S̄(K) = C_W F(K) + C_b 11ᵀ, discrete recursion and continuous ODE.
 
 K0 grows like e^{C_W t}; when it leaves float64 the computation stops with an InputError naming T and the depth t
 at which it overflowed (docs/numerics.md#overflow), without RuntimeWarnings.
@@ -14,13 +14,14 @@ from .gaussian import F
 from .limits import Budget, check_result
 from .result import KernelResult
 
-__all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel", "overflow_error", "solve_ode"]
+__all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel", "DEPTH_MODELS", "check_depth_model", "overflow_error",
+           "solve_ode"]
 
 _HUGE = 1e300           # a kernel entry beyond this overflows at the next step (or inside F)
 
 
 def S_bar(net: Network, K: np.ndarray) -> np.ndarray:
-    """S̄(K) = C_W F(K) + C_b 11ᵀ (§1); K (..., P, P) -> (..., P, P)."""
+    """S̄(K) = C_W F(K) + C_b 11ᵀ (docs/model.md#network); K (..., P, P) -> (..., P, P)."""
     return net.C_W * F(net.phi, K) + net.C_b
 
 
@@ -60,7 +61,7 @@ def solve_ode(rhs, y0: np.ndarray, T: float, what: str, option: str, **kwargs):
 
 
 def K0_discrete(net: Network) -> np.ndarray:
-    """K0^{l+1} = K0^l + ε S̄(K0^l), K0^0 = K_in (§4); returns (L+1, P, P).
+    """K0^{l+1} = K0^l + ε S̄(K0^l), K0^0 = K_in (docs/gonly.md#k0); returns (L+1, P, P).
 
     InputError naming T at the first layer whose kernel is not finite (overflow); loops long enough to matter
     report progress or are refused (:class:`kerneleft.limits.Budget`, option ``depth``).
@@ -79,7 +80,7 @@ def K0_discrete(net: Network) -> np.ndarray:
 
 
 def K0_continuous(net: Network, rtol: float = 1e-10, atol: float = 1e-12) -> np.ndarray:
-    """Solution of dK0/dt = S̄(K0), K0(0) = K_in (§4), evaluated at t_l; returns (L+1, P, P).
+    """Solution of dK0/dt = S̄(K0), K0(0) = K_in (docs/gonly.md#k0), evaluated at t_l; returns (L+1, P, P).
 
     InputError naming T if K0 overflows before T; ConvergenceError if the ODE solver fails otherwise.
     """
@@ -94,13 +95,21 @@ def K0_continuous(net: Network, rtol: float = 1e-10, atol: float = 1e-12) -> np.
     return 0.5 * (K + K.transpose(0, 2, 1))
 
 
+DEPTH_MODELS = ("continuous", "discrete")
+"""The depth models of every solver: the depth-time ODEs, or the depth-L network's layer recursion
+(docs/model.md#depth-grid)."""
+
+
+def check_depth_model(name: str, value) -> str:
+    """``value`` if it is one of :data:`DEPTH_MODELS`; else InputError naming ``name``."""
+    if not isinstance(value, str) or value not in DEPTH_MODELS:
+        raise InputError(f"{name}: must be 'continuous' or 'discrete', got {value!r}")
+    return value
+
+
 def kernel(net: Network, depth_model: str = "discrete") -> KernelResult:
-    """K0 on the depth grid: ``discrete`` (the depth-L network) or ``continuous`` (the ODE). §4."""
-    if depth_model == "discrete":
-        K0 = K0_discrete(net)
-    elif depth_model == "continuous":
-        K0 = K0_continuous(net)
-    else:
-        raise InputError(f"depth_model: must be 'discrete' or 'continuous', got {depth_model!r}")
+    """K0 on the depth grid: ``discrete`` (the depth-L network) or ``continuous`` (the ODE). docs/model.md#depth-grid"""
+    check_depth_model("depth_model", depth_model)
+    K0 = K0_discrete(net) if depth_model == "discrete" else K0_continuous(net)
     return KernelResult(net.t, {"K0": K0}, meta={"kind": "kernel", "depth_model": depth_model,
                                                  "config": net.to_dict()})

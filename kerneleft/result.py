@@ -1,4 +1,4 @@
-"""One result type for theories (§4–§6) and samplers (§7) over the same depth grid.
+"""One result type for theories (docs/gonly.md, docs/sigma.md) and samplers (docs/estimators.md) on one depth grid.
 
 Like QuTiP's ``Result`` behind ``mesolve``/``mcsolve``: a theory fills the arrays deterministically and leaves
 ``se`` empty; a sampler fills them with Monte Carlo estimates and their standard errors.
@@ -56,7 +56,7 @@ class KernelResult:
         return self.arrays["K1"]
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat JSON object of the INTERFACE.md contract: ``t``, each array, ``<name>_se``, then meta keys."""
+        """Flat JSON object of the docs/reference.md#cli contract: ``t``, each array, ``<name>_se``, then meta keys."""
         out: dict[str, Any] = {"t": self.t}
         out.update(self.arrays)
         out.update({f"{k}_se": v for k, v in self.se.items()})

@@ -1,13 +1,17 @@
-"""Exact finite-width path samplers (THEORY §1, §2).
+"""Exact finite-width path samplers (docs/model.md#network, docs/exact.md#conditional-gaussianity).
 
 A path sampler ``f(net, width, size, rng) -> (G, Sigma)`` draws ``size`` independent networks and returns
 the empirical kernels ``G[s, l] = hᵀh/n`` and ``Sigma[s, l] = φ(h)ᵀφ(h)/n`` at every layer l = 0..L, both of
 shape (size, L+1, P, P).
 
-- :func:`weights_paths`: the network of §1 with explicit W^l (n x n) and b^l — the reference, O(n² P) per block.
-- :func:`conditional_paths`: the §2.1 neuron-level sampler ``h^{l+1} = h^l + √ε Z Aᵀ``, ``AAᵀ = S^l``,
-  O(n P²) per block; the same law as :func:`weights_paths`.
-- :func:`block_law_step`: the §2.2 block law, one step of ``G`` given ``(G^l, S^l)`` at O(P³) cost for any n.
+- :func:`weights_paths`: the network (docs/model.md#network) with explicit W^l (n x n) and b^l — the reference,
+  O(n² P) per block.
+- :func:`conditional_paths`: the neuron-level sampler (docs/exact.md#conditional-gaussianity)
+  ``h^{l+1} = h^l + √ε Z Aᵀ``, ``AAᵀ = S^l``, O(n P²) per block; the same law as :func:`weights_paths`.
+- :func:`block_law_step`: the block law (docs/exact.md#block-law), one step of ``G`` given ``(G^l, S^l)``
+  at O(P³) cost for any n.
+- :func:`gonly_chain`: the G-only collective chain, the block law driven by the closure S^l -> S̄(G^l)
+  (docs/gonly.md#coefficients) — a sampler of the G-only theory, not of the network.
 
 Internal layout: pre-activations of a chunk are one array ``h[s, a, i]`` (sample s, input a, neuron i) so that
 every per-layer operation is a single vectorised call over samples and neurons.
@@ -17,11 +21,13 @@ from __future__ import annotations
 import numpy as np
 
 from .config import Network
+from .gaussian import F
 from .kernel import overflow_error
 from .validate import check_int, check_positive
 from .errors import InputError
 
-__all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step", "check_layer"]
+__all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step", "gonly_chain", "check_layer",
+           "wishart_identity"]
 
 _HUGE = 1e150           # beyond this, second moments of G (V4 = n Cov[G]) overflow float64
 
@@ -59,7 +65,8 @@ def _record(buf: np.ndarray, P: int, n: int, G_l: np.ndarray, Sigma_l: np.ndarra
 
 
 def _paths(net: Network, width: int, size: int, rng: np.random.Generator, increment) -> tuple:
-    """Shared layer loop: h^0 rows iid N(0, K_in) (§1); ``increment(h, phi, Sigma_l)`` adds √ε Δ to h in place.
+    """Shared layer loop: h^0 rows iid N(0, K_in) (docs/model.md#network); ``increment(h, phi, Sigma_l)`` adds
+    √ε Δ to h in place.
 
     InputError naming T at the first layer whose G leaves float64 (docs/numerics.md#overflow), no RuntimeWarnings.
     """
@@ -80,8 +87,8 @@ def _paths(net: Network, width: int, size: int, rng: np.random.Generator, increm
 
 
 def conditional_paths(net: Network, width: int, size: int, rng: np.random.Generator):
-    """§2.1 exact sampler: ``h^{l+1} = h^l + √ε Z Aᵀ`` with ``AAᵀ = S^l = C_W Σ^l + C_b 11ᵀ``; returns (G, Sigma),
-    each (size, L+1, P, P). Cost O(size·n·P²) per block (the normals dominate)."""
+    """Exact sampler (docs/exact.md#conditional-gaussianity): ``h^{l+1} = h^l + √ε Z Aᵀ`` with
+    ``AAᵀ = S^l = C_W Σ^l + C_b 11ᵀ``; returns (G, Sigma), each (size, L+1, P, P). Cost O(size·n·P²) per block (the normals dominate)."""
     P, n = net.P, width
     Z = np.empty((size, P, n))
     dh = np.empty((size, P, n))
@@ -96,8 +103,8 @@ def conditional_paths(net: Network, width: int, size: int, rng: np.random.Genera
 
 
 def weights_paths(net: Network, width: int, size: int, rng: np.random.Generator):
-    """§1 reference: ``h^{l+1}_i = h^l_i + √ε (Σ_j W_ij φ(h^l_j) + b_i)`` with explicit ``W ~ N(0, C_W/n)`` (n x n)
-    and ``b ~ N(0, C_b)``; returns (G, Sigma), each (size, L+1, P, P). Cost O(size·n²·P) per block."""
+    """Reference (docs/model.md#network): ``h^{l+1}_i = h^l_i + √ε (Σ_j W_ij φ(h^l_j) + b_i)`` with explicit
+    ``W ~ N(0, C_W/n)`` (n x n) and ``b ~ N(0, C_b)``; returns (G, Sigma), each (size, L+1, P, P). Cost O(size·n²·P) per block."""
     n = width
     W = np.empty((size, n, n))
     w_scale, b_scale, s = np.sqrt(net.C_W / n), np.sqrt(net.C_b), np.sqrt(net.eps)
@@ -113,7 +120,7 @@ def weights_paths(net: Network, width: int, size: int, rng: np.random.Generator)
     return _paths(net, width, size, rng, increment)
 
 
-def _wishart_identity(rng: np.random.Generator, dof: int, shape: tuple, P: int) -> np.ndarray:
+def wishart_identity(rng: np.random.Generator, dof: int, shape: tuple, P: int) -> np.ndarray:
     """Draws of Wishart_P(dof, I), shape + (P, P): Bartlett factor if dof >= P (O(P²), any dof), else YᵀY with
     Y (dof x P) standard normal (O(dof·P²) < O(P³))."""
     if dof >= P:
@@ -137,7 +144,8 @@ def _gram_factor(G: np.ndarray, width: int) -> np.ndarray:
 
 
 def block_law_step(rng: np.random.Generator, G: np.ndarray, S: np.ndarray, width: int, eps: float) -> np.ndarray:
-    """One exact §2.2 block-law step ``G^{l+1} = G + √ε (X + Xᵀ) + ε Q`` given ``(G^l, S^l)``; G, S (..., P, P).
+    """One exact block-law step ``G^{l+1} = G + √ε (X + Xᵀ) + ε Q`` given ``(G^l, S^l)``; G, S (..., P, P).
+    docs/exact.md#block-law.
 
     width >= P: ``X = Rᵀ E1 Aᵀ/√n``, ``Q = A (E1ᵀE1 + W̃) Aᵀ/n`` with ``RᵀR = G``, ``AAᵀ = S``, E1 (P x P) standard
     normal and ``W̃ ~ Wishart_P(n−P, I)`` — cost O(P³), independent of n.
@@ -156,10 +164,31 @@ def block_law_step(rng: np.random.Generator, G: np.ndarray, S: np.ndarray, width
         Rt = psd_factor(G)
         E1 = rng.standard_normal(shape + (P, P))
         X = Rt @ E1 @ At / np.sqrt(n)
-        inner = np.matmul(E1.swapaxes(-1, -2), E1) + _wishart_identity(rng, n - P, shape, P)
+        inner = np.matmul(E1.swapaxes(-1, -2), E1) + wishart_identity(rng, n - P, shape, P)
     else:
         Z = rng.standard_normal(shape + (n, P))
         X = _gram_factor(G, n).swapaxes(-1, -2) @ Z @ At / np.sqrt(n)
         inner = np.matmul(Z.swapaxes(-1, -2), Z)
     Q = A @ inner @ At / n
     return G + np.sqrt(eps) * (X + X.swapaxes(-1, -2)) + eps * Q
+
+
+def gonly_chain(net: Network, width: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The G-only collective chain (docs/gonly.md), a path sampler: returns G, Sigma, each (size, L+1, P, P).
+
+    G^0 ~ Wishart_P(n, K_in)/n (I3, docs/exact.md#identities), drawn as one block-law step of length 1 from h = 0
+    with S = K_in;
+    then G^{l+1} = block-law step from (G^l, S̄(G^l)) and Sigma^l := F(G^l). Exact Markov chain of the closure at
+    width n, cost independent of n. InputError naming T if the chain overflows float64.
+    """
+    P, L = net.P, net.depth
+    G = np.empty((size, L + 1, P, P))
+    Sigma = np.empty_like(G)
+    G[:, 0] = block_law_step(rng, np.zeros((size, P, P)), np.broadcast_to(net.K_in, (size, P, P)), width, 1.0)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for l in range(L + 1):
+            check_layer(net, l, G[:, l])
+            Sigma[:, l] = F(net.phi, G[:, l])
+            if l < L:
+                G[:, l + 1] = block_law_step(rng, G[:, l], net.C_W * Sigma[:, l] + net.C_b, width, net.eps)
+    return G, Sigma

@@ -1,6 +1,6 @@
-"""Parameter sweeps: a grid of ensembles (THEORY §2, §7) and theory solves (§5, §6), cached, on any cluster.
+"""Parameter sweeps: a grid of ensembles (docs/estimators.md#ensembles) and theory solves, cached, on any cluster.
 
-A sweep file (TOML) has a ``[base]`` config (INTERFACE.md fields, or ``base = "config.toml"``), ``[axes]``
+A sweep file (TOML) has a ``[base]`` config (docs/reference.md#cli fields, or ``base = "config.toml"``), ``[axes]``
 (lists to take the Cartesian product of: any config field and the ensemble settings ``width``, ``method``,
 ``samples``, ``seed``, ``chunk_size``), an optional ``[ensemble]`` table (fixed ensemble settings) and an
 optional ``[theory]`` table (``closures``, ``depth_model``, per-closure options). Each grid point is an
@@ -14,40 +14,39 @@ key and a sha256 checksum of the rest) and is never recomputed while it verifies
 corrupt, another cell's) is recomputed after a one-line warning (docs/numerics.md#caches). Ctrl-C/SIGTERM stops
 the sweep, keeps the finished cells, writes the table and ``summary.json`` marked ``interrupted`` and raises
 :class:`~kerneleft.errors.Interrupted` (docs/numerics.md#interrupts). Ensembles run through
-:func:`kerneleft.ensemble.simulate` with a :class:`~.distributed.DaskMap` — the very same chunks and reduce as a
-local run, so the numbers are bit-identical — several cells at once
-(one client thread each); theory solves run as one task each. At the end all cells are gathered into one
+:func:`kerneleft.ensemble.simulate` with the sweep's ``pool`` — the very same chunks and reduce as a local run, so
+the numbers are bit-identical; on a :class:`~.distributed.DaskMap` several cells run at once (one client thread
+each); theory solves run as one task each. At the end all cells are gathered into one
 tidy Parquet table ``OUT/results.parquet`` (:data:`COLUMNS`).
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
 import itertools
 import json
 import sys
 import threading
 import time
-import tomllib
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from .cache import atomic_write, reject
-from .config import Network, network_from_dict
-from .distributed import DaskMap, require
-from .ensemble import default_chunk_size, get_method, simulate
+from .reproduce.cache import atomic_write, reject
+from .config import Network, network_from_dict, read_toml
+from .distributed import local_cluster, require
+from .ensemble import check_ensemble_size, default_chunk_size, get_method, simulate
+from .maps import ProcessMap, as_map, describe
 from .estimators import MIN_COV_SAMPLES
 from .result import KernelResult, write_json
-from .theory import CLOSURES, solve
-from .validate import check_int
+from .kernel import check_depth_model
+from .theory import CLOSURES, make_options, solve
+from .validate import MAX_SEED, check_int
 from .errors import InputError, Interrupted
 
 __all__ = ["Cell", "Sweep", "SweepSummary", "parse_sweep", "load_sweep", "run_sweep", "cell_columns", "COLUMNS"]
@@ -58,8 +57,6 @@ _ENSEMBLE_DEFAULTS = {"method": "conditional", "chunk_size": None}
 # layer (ensemble._CHUNK_RULES), so ceil(_TASK_LAYERS / depth) chunks make a task of roughly 0.1 s, well above
 # Dask's per-task overhead (a few ms of client and worker time).
 _TASK_LAYERS = 64
-_SOLVERS = {"g-only": ("kerneleft.theory.gonly", "solve_gonly"), "sigma": ("kerneleft.theory.sigma", "solve_sigma")}
-_DEPTH_MODELS = ("continuous", "discrete")
 TABLE = "results.parquet"
 SUMMARY = "summary.json"
 
@@ -101,6 +98,14 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def _check_finite(loc: str, value) -> None:
+    """InputError naming ``loc`` if ``value`` holds a float nan or inf (TOML allows them; a cell key cannot)."""
+    try:
+        _canonical(value)
+    except ValueError:
+        raise InputError(f"{loc}: must not contain nan or inf, got {value!r}") from None
+
+
 @dataclass(frozen=True, eq=False)
 class Cell:
     """One unit of a sweep: an ensemble (``params``: method, width, samples, seed, chunk_size resolved) or a
@@ -115,7 +120,7 @@ class Cell:
     @cached_property
     def key(self) -> dict:
         """Everything that determines the cell's numbers."""
-        from . import __version__
+        from ._version import __version__
 
         return {"kind": self.kind, "config": self.net.to_dict(), **self.params, "kerneleft": __version__}
 
@@ -165,6 +170,7 @@ def _parse_axes(axes) -> dict:
             raise InputError(f"axes.{name}: must be a non-empty list of values, got {values!r}")
         seen = set()
         for v in values:
+            _check_finite(f"axes.{name}", v)
             c = _canonical(v)
             if c in seen:
                 raise InputError(f"axes.{name}: duplicate value {v!r}")
@@ -187,28 +193,30 @@ def _parse_theory(theory) -> dict:
             raise InputError(f"theory.closures: must be among {', '.join(CLOSURES)}, got {c!r}")
     models = _as_list("theory.depth_model", theory.get("depth_model", "continuous"))
     for m in models:
-        if m not in _DEPTH_MODELS:
-            raise InputError(f"theory.depth_model: must be 'continuous' or 'discrete', got {m!r}")
+        check_depth_model("theory.depth_model", m)
     options = {}
     for c in closures:
         opts = theory.get(c, {})
         if not isinstance(opts, dict):
             raise InputError(f"theory.{c}: must be a table of solver options")
+        for name, v in opts.items():
+            _check_finite(f"theory.{c}.{name}", v)
+        try:
+            make_options(c, **opts)
+        except InputError as err:
+            raise _theory_option_error(c, err) from None
         options[c] = opts
     return {"closures": list(dict.fromkeys(closures)), "depth_model": list(dict.fromkeys(models)),
             "options": options}
 
 
-def _check_solver_options(net: Network, closure: str, depth_model: str, opts: dict) -> None:
-    module, name = _SOLVERS[closure]
-    try:
-        solver = getattr(import_module(module), name)
-    except ImportError as err:
-        raise InputError(f"theory.closures: closure {closure!r} is not available ({err})") from None
-    try:
-        inspect.signature(solver).bind(net, depth_model=depth_model, **opts)
-    except TypeError as err:
-        raise InputError(f"theory.{closure}: bad solver options {sorted(opts)} ({err})") from None
+def _theory_option_error(closure: str, err: InputError) -> InputError:
+    """An options error of ``closure`` located in the sweep file: ``tol: ...`` -> ``theory.sigma.tol: ...``,
+    ``sigma option 'x': unknown ...`` -> ``theory.sigma.x: unknown ...``."""
+    msg = str(err).splitlines()[0]
+    head, _, rest = msg.partition(": ")
+    name = head.split("'")[1] if head.startswith(f"{closure} option '") else head
+    return InputError(f"theory.{closure}.{name}: {rest}")
 
 
 def parse_sweep(spec: dict, base_dir: str | Path = ".") -> Sweep:
@@ -223,13 +231,9 @@ def parse_sweep(spec: dict, base_dir: str | Path = ".") -> Sweep:
         raise InputError(f"{unknown[0]}: unknown sweep table (allowed: base, axes, ensemble, theory)")
     base = spec.get("base")
     if isinstance(base, str):
-        path = Path(base_dir) / base
-        try:
-            base = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise InputError(f"base: cannot read config {str(path)!r}: {err}") from None
+        base = read_toml("base", Path(base_dir) / base)
     if not isinstance(base, dict):
-        raise InputError("base: required table (the INTERFACE.md config fields) or a config file name")
+        raise InputError("base: required table (the config fields of docs/reference.md#cli) or a config file name")
     axes = _parse_axes(spec.get("axes", {}))
     ens, theory = spec.get("ensemble"), spec.get("theory")
     if ens is None and theory is None:
@@ -259,7 +263,7 @@ def parse_sweep(spec: dict, base_dir: str | Path = ".") -> Sweep:
 def _network(base: dict, axes: dict, point: dict) -> Network:
     try:
         return network_from_dict({**base, **point})
-    except (ValueError, TypeError) as err:
+    except InputError as err:
         field_name = str(err).split(":", 1)[0]
         loc = "axes" if field_name in axes else "base"
         raise _one_line_error(loc, err) from None
@@ -272,13 +276,17 @@ def _ensemble_params(ens: dict, axes: dict, point: dict, net: Network) -> dict:
         raise InputError(f"{loc['method']}.method: must be a method name, got {p['method']!r}")
     try:
         get_method(p["method"])
-    except ValueError as err:
+    except InputError as err:
         raise _one_line_error(loc["method"], err) from None
-    for k, minimum in (("width", 1), ("samples", MIN_COV_SAMPLES), ("seed", 0)):
-        check_int(f"{loc[k]}.{k}", p[k], minimum)
-    if p["chunk_size"] is None:
+    for k, minimum, maximum in (("width", 1, None), ("samples", MIN_COV_SAMPLES, None), ("seed", 0, MAX_SEED)):
+        check_int(f"{loc[k]}.{k}", p[k], minimum, maximum=maximum)
+    explicit = p["chunk_size"]
+    if explicit is not None:
+        check_int(f"{loc['chunk_size']}.chunk_size", explicit, 1)
+    check_ensemble_size(net, p["method"], p["width"], p["samples"], explicit,
+                        name=lambda a: f"{loc.get(a, 'ensemble')}.{a}")
+    if explicit is None:
         p["chunk_size"] = default_chunk_size(p["method"], net, p["width"])
-    check_int(f"{loc['chunk_size']}.chunk_size", p["chunk_size"], 1)
     return p
 
 
@@ -302,7 +310,6 @@ def _expand(base: dict, axes: dict, ens: dict | None, theory: dict | None) -> li
         for net, point in nets.values():
             for closure, model in itertools.product(theory["closures"], theory["depth_model"]):
                 opts = theory["options"][closure]
-                _check_solver_options(net, closure, model, opts)
                 params = {"closure": closure, "depth_model": model, "options": opts}
                 cell = Cell("theory", net, params, {**point, "closure": closure, "depth_model": model})
                 cells.setdefault(cell.id, cell)
@@ -311,14 +318,7 @@ def _expand(base: dict, axes: dict, ens: dict | None, theory: dict | None) -> li
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep TOML file."""
-    p = Path(path)
-    try:
-        spec = tomllib.loads(p.read_text())
-    except OSError as err:
-        raise InputError(f"sweep: cannot read {str(p)!r}: {err.strerror or err}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"sweep: {str(p)!r} is not valid TOML: {err}") from None
-    return parse_sweep(spec, p.parent)
+    return parse_sweep(read_toml("sweep", path), Path(path).parent)
 
 
 # --- running ---------------------------------------------------------------------------------------------------
@@ -328,16 +328,16 @@ def _solve_theory(task: tuple) -> KernelResult:
     return solve(network_from_dict(config), closure=closure, depth_model=depth_model, **options)
 
 
-def _run_cell(cell: Cell, map: Callable) -> KernelResult:
-    """Compute one cell with ``map`` (builtins.map or a DaskMap wrapper); same numbers for any map. An ensemble
-    cut short by Ctrl-C raises :class:`Interrupted` (a partial cell is never stored)."""
+def _run_cell(cell: Cell, map_: Callable) -> KernelResult:
+    """Compute one cell with the map ``map_``; same numbers for any map. An ensemble cut short by Ctrl-C raises
+    :class:`Interrupted` (a partial cell is never stored)."""
     if cell.kind == "theory":
         p = cell.params
-        (res,) = map(_solve_theory, [(cell.net.to_dict(), p["closure"], p["depth_model"], p["options"])])
+        (res,) = map_(_solve_theory, [(cell.net.to_dict(), p["closure"], p["depth_model"], p["options"])])
         return res
     p = cell.params
-    res = simulate(cell.net, p["width"], p["samples"], p["seed"], p["method"], chunk_size=p["chunk_size"],
-                   progress=False, map=map, chunks_per_task=cell.chunks_per_task)
+    res = simulate(cell.net, p["width"], p["samples"], p["seed"], p["method"], pool=map_, chunk_size=p["chunk_size"],
+                   progress=False, chunks_per_task=cell.chunks_per_task)
     if res.meta["interrupted"]:
         raise Interrupted(f"cell {cell.id} cut short at {res.meta['samples']} of {p['samples']} networks")
     return res
@@ -388,23 +388,20 @@ def _store(out: Path, cell: Cell, res: KernelResult) -> dict:
 
 
 @contextmanager
-def _dask_map(scheduler, workers: int):
-    """A DaskMap on ``scheduler``, or on a loopback LocalCluster of ``workers`` processes; None for serial."""
-    if scheduler is None and workers == 1:
-        yield None
-        return
-    if scheduler is not None:
-        with DaskMap(scheduler, min_workers=workers) as dmap:
+def _pool_map(pool):
+    """The map of the sweep's ``pool``: an int k >= 2 is a loopback Dask cluster of k worker processes (so that
+    several cells run at once), closed on exit; anything else as :func:`kerneleft.maps.as_map`."""
+    m = as_map(pool)
+    if isinstance(m, ProcessMap) and not callable(pool):
+        with local_cluster(m.workers, "pool") as dmap:
             yield dmap
-        return
-    LocalCluster = require("distributed", "workers").LocalCluster
-    import dask
+    else:
+        yield m
 
-    # Dask's default MALLOC_TRIM_THRESHOLD_ for workers slows the samplers' large temporaries by ~12%.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address=None) as cluster, DaskMap(cluster.scheduler_address) as dmap:
-        yield dmap
+
+def _concurrent(m: Callable) -> bool:
+    """Whether ``m`` takes concurrent calls from several threads (a DaskMap: ``worker_threads`` and ``abort``)."""
+    return hasattr(m, "worker_threads") and hasattr(m, "abort")
 
 
 @dataclass
@@ -418,7 +415,7 @@ class SweepSummary:
     table: Path
     rows: int
     wall_s: float
-    scheduler: str | None          # address of the Dask scheduler that computed cells (None: in-process)
+    scheduler: str | None          # address of the Dask scheduler that computed cells (None: no Dask)
     interrupted: bool = False
 
     def to_dict(self) -> dict:
@@ -430,20 +427,20 @@ class SweepSummary:
                 "interrupted": self.interrupted}
 
 
-def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, workers: int = 1,
-              progress: bool = True) -> SweepSummary:
+def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, pool=None, progress: bool = True) -> SweepSummary:
     """Compute every unfinished cell of ``sweep`` into ``out`` and write ``out/results.parquet``.
 
-    ``scheduler``: Dask scheduler address, scheduler file or ``dask.distributed.Client`` (``workers`` is then
-    the number of workers to wait for); without it, ``workers`` > 1 starts a loopback LocalCluster of that many
-    single-threaded worker processes, and ``workers`` = 1 runs serially in this process. The numbers do not
-    depend on this choice. Finished cells (``out/cells/<id>.json``) are read back, never recomputed, if they verify.
+    ``pool``: None or 1 runs the cells one after the other in this process; an int k >= 2 starts a loopback Dask
+    LocalCluster of k single-threaded worker processes; a :class:`~kerneleft.distributed.DaskMap` (e.g. on a
+    cluster's scheduler) runs several cells at once; any other map (:func:`kerneleft.maps.as_map`) runs one cell
+    at a time with it. The numbers do not depend on this choice. Finished cells (``out/cells/<id>.json``) are read
+    back, never recomputed, if they verify.
     Ctrl-C/SIGTERM: the table and summary of the finished cells are written (``interrupted: true``, the other
     cells ``pending``), then :class:`~kerneleft.errors.Interrupted` is raised with the summary as ``result``.
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
-    workers = check_int("workers", workers, 1)
+    as_map(pool)                                  # refuse a bad pool before any work
     require("pyarrow.parquet", "out")
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -465,6 +462,7 @@ def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, wor
                 with lock:
                     bar.update(1)
                 yield r
+        map_.__name__ = describe(inner)           # what the cells' meta records as their pool
         return map_
 
     def finish(cell: Cell, res: KernelResult) -> None:
@@ -474,13 +472,13 @@ def run_sweep(sweep: Sweep | str | Path, out: str | Path, *, scheduler=None, wor
 
     try:
         bar.set_postfix_str(f"cells {len(cached)}/{len(sweep.cells)} ({len(cached)} cached)")
-        with _dask_map(scheduler, workers) if todo else nullcontext() as dmap:
-            if dmap is None:
-                for cell in todo:
-                    finish(cell, _run_cell(cell, counted(map)))
+        with _pool_map(pool) if todo else nullcontext() as m:
+            address = getattr(m, "address", None)
+            if m is not None and _concurrent(m):
+                _run_threads(todo, counted(m), max(2, 2 * m.worker_threads), finish, m.abort)
             else:
-                address = dmap.address
-                _run_threads(todo, counted(dmap), max(2, 2 * dmap.worker_threads), finish, dmap.abort)
+                for cell in todo:
+                    finish(cell, _run_cell(cell, counted(m)))
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
     finally:
@@ -552,7 +550,7 @@ def cell_columns(d: dict) -> dict[str, np.ndarray | list]:
 
 
 def _write_table(path: Path, sweep: Sweep, stored: list[dict]) -> int:
-    from . import __version__
+    from ._version import __version__
 
     pa, pq = require("pyarrow", "out"), require("pyarrow.parquet", "out")
 

@@ -1,14 +1,14 @@
-"""Tensor algebra on symmetric P x P matrices (THEORY §3 notation).
+"""Tensor algebra on symmetric P x P matrices (docs/model.md#tensor-conventions).
 
 Four-index objects are stored as full tensors ``T[..., a, b, c, d]`` and act on matrices by the ordered-pair
-contraction ``(T X)_ab = Σ_cd T[a,b,c,d] X_cd`` — the convention of §4 in which ``K_ef`` and ``K_fe`` are
-one symmetric variable and every sum runs over ordered pairs.
+contraction ``(T X)_ab = Σ_cd T[a,b,c,d] X_cd`` — the convention in which ``K_ef`` and ``K_fe`` are one symmetric
+variable and every sum runs over ordered pairs.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box", "circ", "apply", "compose", "transport", "sym_pairs"]
+__all__ = ["box", "circ", "apply", "compose", "transport"]
 
 
 def box(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -34,11 +34,6 @@ def compose(T: np.ndarray, U: np.ndarray) -> np.ndarray:
 
 
 def transport(T: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """𝒯V + V𝒯ᵀ for an operator T and a symmetric four-index V (§5); (..., P,P,P,P)."""
+    """𝒯V + V𝒯ᵀ for an operator T and a symmetric four-index V (docs/gonly.md#v4); (..., P,P,P,P)."""
     TV = compose(T, V)
     return TV + np.einsum("...abcd->...cdab", TV)
-
-
-def sym_pairs(P: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index arrays (a, b) of the P(P+1)/2 pairs a <= b."""
-    return np.triu_indices(P)

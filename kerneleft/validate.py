@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["check_int", "check_positive", "check_workers", "check_ensemble_size", "check_output_file",
+__all__ = ["check_int", "check_positive", "check_workers", "check_output_file",
            "check_output_dir", "MAX_SEED", "WORKERS_PER_CPU"]
 
 MAX_SEED = 2 ** 63 - 1
@@ -63,34 +63,6 @@ def check_workers(name: str, value, local: bool = True) -> int:
         raise InputError(f"{name}: {workers} local worker processes on {cpus} CPUs (limit {WORKERS_PER_CPU * cpus}); "
                          f"use fewer, or a Dask scheduler for a cluster")
     return workers
-
-
-BYTES_PER_CHUNK = 64
-"""Bookkeeping per seeded chunk of an ensemble (list entry, seed, task tuple): bounds ``samples``."""
-
-
-def check_ensemble_size(net, method: str, width: int, samples: int, chunk_size: int | None = None, workers: int = 1,
-                        batches: int = 1, name=str) -> None:
-    """Refuse up front (InputError naming the argument, with the estimate) an ensemble whose memory would exceed
-    :data:`kerneleft.limits.MAX_BYTES`: the neuron buffers of one chunk in each worker (width, chunk_size,
-    workers), its (chunk, L+1, P, P) paths (depth), the per-layer moments of ``batches`` results (depth) and the
-    per-chunk bookkeeping (samples). The buffer sizes are those of :mod:`kerneleft.samplers`; ``name`` maps an
-    argument to the name reported (``lambda a: "--" + a`` for the CLI, ``"ensemble." + a`` for a sweep file).
-    """
-    from .ensemble import default_chunk_size
-    from .limits import check_bytes
-
-    chunk = min(chunk_size or default_chunk_size(method, net, width), samples)
-    P, L1, d = net.P, net.depth + 1, net.P * (net.P + 1)
-    neurons = {"conditional": 4 * chunk * P * width, "weights": chunk * width * (width + 3 * P)}.get(method, 0)
-    what = f"one chunk of {chunk} networks of width {width}"
-    check_bytes(name("chunk_size" if chunk_size else "width"), 8.0 * neurons, what)
-    check_bytes(name("workers"), 8.0 * neurons * workers, f"{workers} workers, each holding {what}")
-    check_bytes("depth", 8.0 * 2 * chunk * L1 * P * P, f"the paths of one chunk over depth = {net.depth} layers")
-    check_bytes("depth", 8.0 * batches * L1 * (6 * P ** 4 + 4 * d * d),
-                f"the moments of {batches} ensemble(s) over depth = {net.depth} layers")
-    chunks = -(-samples // chunk)
-    check_bytes(name("samples"), BYTES_PER_CHUNK * chunks, f"the bookkeeping of {chunks} chunks of {chunk} networks")
 
 
 def _make_dir(name: str, d: Path) -> None:

@@ -10,9 +10,9 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import SMALL
 
-from kerneleft.cache import CacheWarning, payload_checksum
-from kerneleft.report import ResultCache
+from kerneleft.reproduce.cache import CacheWarning, ResultCache, payload_checksum
 from kerneleft.result import KernelResult
 from kerneleft.sweep import parse_sweep, run_sweep
 
@@ -109,14 +109,14 @@ def test_concurrent_writers_and_readers_never_see_a_mixed_entry(tmp_path):
 
     def write(i):
         for j in range(10):
-            ResultCache._store(path, key, _result(float(10 * i + j)))
+            ResultCache.store(path, key, _result(float(10 * i + j)))
 
     def read():
         for _ in range(40):
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 try:
-                    res = ResultCache._load(path, key)
+                    res = ResultCache.load(path, key)
                 except Exception as err:                   # noqa: BLE001 - any failure is the test's failure
                     errors.append(err)
                     continue
@@ -133,7 +133,7 @@ def test_concurrent_writers_and_readers_never_see_a_mixed_entry(tmp_path):
 
 
 # --- the sweep's per-cell cache ----------------------------------------------------------------------------------
-SPEC = {"base": {"activation": "tanh", "C_W": 1.0, "C_b": 0.1, "T": 1.0, "depth": 3, "K_in": [[1.0, 0.5], [0.5, 1.2]]},
+SPEC = {"base": SMALL,
         "axes": {"seed": [1, 2]}, "ensemble": {"samples": 40, "width": 8, "chunk_size": 20}}
 
 
@@ -163,6 +163,7 @@ def test_sweep_cell_damaged_is_recomputed_with_a_warning(tmp_path, damage, reaso
     assert len(first.computed) == 2 and all(redone[q] == good[q] for q in good["sweep"]["arrays"])
 
 
+@pytest.mark.slow
 def test_cli_prints_a_recomputed_entry_as_one_warning_line(tmp_path):
     toml = tmp_path / "s.toml"
     toml.write_text('[base]\nactivation = "tanh"\nC_W = 1.0\nT = 1.0\ndepth = 2\nK_in = [[1.0, 0.5], [0.5, 1.2]]\n'

@@ -1,4 +1,4 @@
-"""CLI contract (INTERFACE.md): exit code 2 and one `error:` line naming the field, no traceback."""
+"""CLI contract (docs/reference.md#cli): exit code 2 and one `error:` line naming the field, no traceback."""
 import json
 import os
 import subprocess
@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import one_error
 
 from kerneleft.cli import main
 
@@ -114,12 +115,6 @@ def test_diagnose_command(cfg, tmp_path):
 
 
 # --- every error names its option, one line, exit 2; output paths checked first (issue 13) ----------------------
-def _one_error(capsys, rc):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1, (rc, err)
-    return err[0]
-
-
 SIM = ["--width", "8", "--samples", "10", "--seed", "1"]
 OPTION_ERRORS = [
     (["simulate", *SIM[:-1], "-1"], "--seed"),
@@ -156,14 +151,14 @@ OPTION_ERRORS = [
 def test_option_errors_name_the_option(cfg, tmp_path, capsys, args, option):
     out = tmp_path / "o.json"
     rc = main([args[0], str(cfg), *args[1:], "--json", str(out)])
-    assert _one_error(capsys, rc).startswith(f"error: {option}: "), option
+    assert one_error(capsys, rc).startswith(f"error: {option}: "), option
     assert not out.exists()
 
 
 def test_memory_refusal_gives_an_estimate(cfg, tmp_path, capsys):
     rc = main(["simulate", str(cfg), "--width", "10000000000", "--samples", "10", "--seed", "1", "--json",
                str(tmp_path / "o.json")])
-    line = _one_error(capsys, rc)
+    line = one_error(capsys, rc)
     assert "GiB of memory (limit" in line and "reduce --width" in line, line
 
 
@@ -174,15 +169,15 @@ def test_memory_refusal_gives_an_estimate(cfg, tmp_path, capsys):
     (["reproduce", "--quick"], "--out"),
 ])
 def test_usage_errors_are_one_line(capsys, argv, name):
-    assert _one_error(capsys, main(argv)).startswith(f"error: {name}: ")
+    assert one_error(capsys, main(argv)).startswith(f"error: {name}: ")
 
 
 def test_binary_config_file(tmp_path, capsys):
     p = tmp_path / "bin.toml"
     p.write_bytes(b"\xff\xfe\x00garbage")
-    assert _one_error(capsys, main(["kernel", str(p), "--json", str(tmp_path / "o.json")])).startswith(
+    assert one_error(capsys, main(["kernel", str(p), "--json", str(tmp_path / "o.json")])).startswith(
         "error: config: ")
-    assert _one_error(capsys, main(["reproduce", "--quick", "--config", str(p), "--out", str(tmp_path / "r")])) \
+    assert one_error(capsys, main(["reproduce", "--quick", "--config", str(p), "--out", str(tmp_path / "r")])) \
         .startswith("error: --config: ")
     assert not (tmp_path / "r").exists()
 
@@ -215,7 +210,7 @@ def test_bad_json_fails_before_computing(tmp_path, capsys, command):
         t0 = time.perf_counter()
         rc = main([command[0], str(slow), *command[1:], "--json", path])
         assert time.perf_counter() - t0 < 1.0
-        line = _one_error(capsys, rc)
+        line = one_error(capsys, rc)
         assert line.startswith("error: --json: ") and why in line, line
 
 
@@ -236,7 +231,7 @@ def test_bad_out_fails_before_computing(tmp_path, capsys, command):
         t0 = time.perf_counter()
         rc = main([*argv, "--out", str(path)])
         assert time.perf_counter() - t0 < 1.0
-        line = _one_error(capsys, rc)
+        line = one_error(capsys, rc)
         assert line.startswith("error: --out: ") and why in line, line
 
 
@@ -266,9 +261,9 @@ def test_unwritable_json_paths(cfg, tmp_path, capsys):
     (ro / "old.json").chmod(0o444)
     ro.chmod(0o555)
     try:
-        line = _one_error(capsys, main(["kernel", str(cfg), "--json", str(ro / "o.json")]))
+        line = one_error(capsys, main(["kernel", str(cfg), "--json", str(ro / "o.json")]))
         assert line.startswith("error: --json: cannot write in"), line
-        line = _one_error(capsys, main(["kernel", str(cfg), "--json", str(ro / "old.json")]))
+        line = one_error(capsys, main(["kernel", str(cfg), "--json", str(ro / "old.json")]))
         assert line.startswith("error: --json: ") and "not writable" in line, line
     finally:
         ro.chmod(0o755)
@@ -281,7 +276,42 @@ def test_write_probe_failure_is_one_line(cfg, tmp_path, capsys, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    line = _one_error(capsys, main(["kernel", str(cfg), "--json", str(tmp_path / "o.json")]))
+    line = one_error(capsys, main(["kernel", str(cfg), "--json", str(tmp_path / "o.json")]))
     assert line == f"error: --json: cannot write in {str(tmp_path)!r}: Permission denied", line
-    line = _one_error(capsys, main(["reproduce", "--quick", "--out", str(tmp_path / "r")]))
+    line = one_error(capsys, main(["reproduce", "--quick", "--out", str(tmp_path / "r")]))
     assert line.startswith("error: --out: cannot write in"), line
+
+
+@pytest.mark.parametrize("closure,flag,value,owner", [
+    ("g-only", "--tol", "1e-4", "sigma"), ("g-only", "--degree", "4", "sigma"),
+    ("sigma", "--rtol", "1e-6", "g-only"), ("sigma", "--atol", "1e-9", "g-only"),
+])
+def test_theory_flag_of_the_other_closure_refused(cfg, tmp_path, capsys, closure, flag, value, owner):
+    """Every theory flag reaches the closure it names or is refused, before any work, for the other one."""
+    out = tmp_path / "o.json"
+    rc = main(["theory", str(cfg), "--closure", closure, flag, value, "--json", str(out)])
+    assert rc == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {flag}: applies to --closure {owner} only"]
+
+
+def test_theory_rtol_reaches_gonly_and_unknown_flag_refused(cfg, tmp_path, capsys):
+    runs, out = {}, str(tmp_path / "o.json")
+    for rtol in ("1e-3", "1e-10"):
+        assert main(["theory", str(cfg), "--closure", "g-only", "--rtol", rtol, "--json", out]) == 0
+        runs[rtol] = json.loads((tmp_path / "o.json").read_text())
+    assert runs["1e-3"]["rtol"] == 1e-3 and runs["1e-10"]["rtol"] == 1e-10
+    assert runs["1e-3"]["V4"] != runs["1e-10"]["V4"]                            # the ODE solver saw the flag
+    capsys.readouterr()
+    assert main(["theory", str(cfg), "--closure", "g-only", "--tolerance", "1", "--json", out]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[0].startswith("error: --tolerance: no such option")
+
+
+def test_method_and_closure_choices_come_from_the_registries():
+    from kerneleft.cli import cli
+    from kerneleft.ensemble import METHODS
+    from kerneleft.theory import CLOSURES
+
+    choices = {(c, p.name): list(p.type.choices) for c, cmd in cli.commands.items() for p in cmd.params
+               if p.name in ("method", "closure")}
+    assert choices[("simulate", "method")] == choices[("diagnose", "method")] == list(METHODS)
+    assert choices[("theory", "closure")] == list(CLOSURES)

@@ -1,15 +1,17 @@
-"""§5 diagnostics on the exact tanh ensemble (two correlated inputs): the paper's three findings, measured."""
+"""G-only diagnostics (docs/failure.md) on the exact tanh ensemble (two correlated inputs): the paper's three findings, measured."""
 import numpy as np
 import pytest
 
+from kerneleft.coefficients import coefficients, tadpole
 from kerneleft.config import Network
-from kerneleft.diagnostics import TERMS, _batch_seeds, diagnose
+from kerneleft.diagnostics import TERMS, diagnose
+from kerneleft.ensemble import batch_seeds
 from kerneleft.ensemble import simulate
 from kerneleft.gaussian import F
+from kerneleft.pairs import pair_basis
 from kerneleft.result import KernelResult
 from kerneleft.tensors import box, circ
 from kerneleft.theory import solve
-from kerneleft.theory.gonly import coefficients, from_pairs, tadpole, to_pairs4
 
 WIDTH, SAMPLES, BATCHES, SEED = 128, 32_000, 16, 4
 NET = Network(activation="tanh", C_W=2.0, C_b=0.0, T=2.0, depth=10, K_in=[[1.0, 0.6], [0.6, 1.5]])
@@ -17,7 +19,7 @@ NET = Network(activation="tanh", C_W=2.0, C_b=0.0, T=2.0, depth=10, K_in=[[1.0, 
 
 @pytest.fixture(scope="module")
 def batches():
-    return [simulate(NET, WIDTH, SAMPLES // BATCHES, s, progress=False) for s in _batch_seeds(SEED, BATCHES)]
+    return [simulate(NET, WIDTH, SAMPLES // BATCHES, s, progress=False) for s in batch_seeds(SEED, BATCHES)]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def test_K0_accurate_at_all_depths_and_a_wrong_K0_is_rejected(diag):
 
 
 def test_k1_source_mismatch_at_l0_is_the_wishart_tadpole(diag):
-    tad = from_pairs(tadpole(coefficients(NET, NET.K_in), to_pairs4(circ(NET.K_in))), NET.P)
+    p = pair_basis(NET.P)
+    tad = p.mat(tadpole(coefficients(NET, NET.K_in), p.vec4(circ(NET.K_in))))
     assert np.max(np.abs(_z(diag, "k1_source_exact")[0])) < 4                  # E[Σ^0] = F(K_in) (I3)
     assert np.max(np.abs(_z(diag, "k1_source_mismatch", tad)[0])) < 4
     assert np.max(np.abs(_z(diag, "k1_source_mismatch")[0])) > 5

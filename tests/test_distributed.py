@@ -17,17 +17,18 @@ import dask
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-from test_sweep import assert_same_table
+from conftest import SMALL, SMALL_TOML, assert_identical, assert_same_table
 
+import kerneleft.distributed as kdist
 from kerneleft import network_from_dict
 from kerneleft.cli import main
 from kerneleft.distributed import DaskMap
 from kerneleft.ensemble import simulate
 from kerneleft.sweep import run_sweep
 
-CONFIG = {"activation": "tanh", "C_W": 1.0, "C_b": 0.1, "T": 1.0, "depth": 3, "K_in": [[1.0, 0.5], [0.5, 1.2]]}
-CONFIG_TOML = ('activation = "tanh"\nC_W = 1.0\nC_b = 0.1\nT = 1.0\ndepth = 3\n'
-               'K_in = [[1.0, 0.5], [0.5, 1.2]]\n')
+pytestmark = pytest.mark.slow          # Dask clusters: seconds to start each
+
+CONFIG, CONFIG_TOML = SMALL, SMALL_TOML
 
 
 def _sweep_toml(samples=240, chunk_size=24, widths=(8, 12), seeds=(1,), chunks_per_task=2):
@@ -36,14 +37,14 @@ def _sweep_toml(samples=240, chunk_size=24, widths=(8, 12), seeds=(1,), chunks_p
             '[theory]\nclosures = ["g-only"]\ndepth_model = "discrete"\n')
 
 
-def assert_identical(a, b):
-    """Every array and standard error of two KernelResults is bit-identical."""
-    assert set(a.arrays) == set(b.arrays) and set(a.se) == set(b.se)
-    for k in a.arrays:
-        assert np.array_equal(a.arrays[k], b.arrays[k]), k
-    for k in a.se:
-        assert np.array_equal(a.se[k], b.se[k]), k
-    assert a.meta["samples"] == b.meta["samples"] and a.meta["chunks"] == b.meta["chunks"]
+def _free_slots(dmap):
+    """How many of ``dmap``'s task slots are free now (acquires them all, then gives them back)."""
+    n = 0
+    while dmap.slots.acquire(blocking=False):
+        n += 1
+    for _ in range(n):
+        dmap.slots.release()
+    return n
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def dask_processes(tmp_path):
 def test_localcluster_bit_identical_to_serial(net, local_cluster, method):
     _, client = local_cluster
     serial = simulate(net, 8, 300, 11, method, chunk_size=32, progress=False)
-    dask_run = simulate(net, 8, 300, 11, method, chunk_size=32, progress=False, scheduler=client)
+    dask_run = simulate(net, 8, 300, 11, method, chunk_size=32, progress=False, pool=DaskMap(client))
     assert serial.meta["chunks"] == 10
     assert_identical(serial, dask_run)
     assert dask_run.meta["scheduler"] == client.scheduler.address
@@ -123,10 +124,11 @@ def test_localcluster_bit_identical_to_serial(net, local_cluster, method):
 def test_scheduler_address_string_and_chunk_grouping(net, local_cluster):
     cluster, _ = local_cluster
     serial = simulate(net, 8, 200, 3, chunk_size=16, progress=False)
-    grouped = simulate(net, 8, 200, 3, chunk_size=16, progress=False, scheduler=cluster.scheduler_address,
-                       workers=2, chunks_per_task=3)
+    with DaskMap(cluster.scheduler_address, min_workers=2) as dmap:
+        grouped = simulate(net, 8, 200, 3, chunk_size=16, progress=False, pool=dmap, chunks_per_task=3)
+        other_seed = simulate(net, 8, 200, 4, chunk_size=16, progress=False, pool=dmap)
+    assert grouped.meta["pool"] == f"dask({cluster.scheduler_address})"
     assert_identical(serial, grouped)
-    other_seed = simulate(net, 8, 200, 4, chunk_size=16, progress=False, scheduler=cluster.scheduler_address)
     assert not np.array_equal(serial.arrays["G_mean"], other_seed.arrays["G_mean"])   # the check can fail
 
 
@@ -149,7 +151,7 @@ def test_daskmap_yields_in_order_with_bounded_lookahead(local_cluster):
         assert len(pulled) <= k + 3          # never more than max_ahead tasks beyond the consumer
         out.append(r)
     assert out == [2 * i for i in range(n)]
-    assert dmap.max_in_flight == 2 and dmap._slots._value == 2     # every slot given back
+    assert dmap.max_in_flight == 2 and _free_slots(dmap) == 2     # every slot given back
 
 
 def test_daskmap_task_error_propagates_and_cancels(local_cluster):
@@ -163,22 +165,21 @@ def test_daskmap_task_error_propagates_and_cancels(local_cluster):
     dmap = DaskMap(client, max_in_flight=4)
     with pytest.raises(ValueError, match="boom 3"):
         list(dmap(fail_on_3, range(50)))
-    assert dmap._slots._value == 4
+    assert _free_slots(dmap) == 4
 
 
-def test_worker_version_mismatch_is_rejected(local_cluster):
+def test_worker_version_mismatch_is_rejected(local_cluster, monkeypatch):
     _, client = local_cluster
+    env = kdist.environment()
+    monkeypatch.setattr(kdist, "environment", lambda: {**env, "numpy": "0.0.0"})  # the client runs another numpy
     dmap = DaskMap(client)
-    dmap._env = {**dmap._env, "numpy": "0.0.0"}          # pretend the client runs another numpy
     with pytest.raises(ValueError, match=r"^scheduler: worker tcp://127\.0\.0\.1:\d+ has kerneleft .* bit-identical"):
         list(dmap(abs, [-1]))
 
 
 def test_scheduler_argument_errors(net, tmp_path, capsys):
     with pytest.raises(TypeError, match="^scheduler: must be an address"):
-        simulate(net, 8, 10, 0, progress=False, scheduler=3)
-    with pytest.raises(ValueError, match="^scheduler: give either map or scheduler"):
-        simulate(net, 8, 10, 0, progress=False, scheduler="tcp://127.0.0.1:1", map=map)
+        DaskMap(3)
     cfg = tmp_path / "c.toml"
     cfg.write_text(CONFIG_TOML)
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
@@ -195,14 +196,15 @@ def test_scheduler_argument_errors(net, tmp_path, capsys):
 def test_missing_dask_is_a_one_line_error(net, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)          # as if dask.distributed were not installed
     with pytest.raises(ValueError, match=r"^scheduler: needs the optional dependency distributed \(pip install"):
-        simulate(net, 8, 10, 0, progress=False, scheduler="tcp://127.0.0.1:1")
+        DaskMap("tcp://127.0.0.1:1")
 
 
 # --- `dask scheduler` + two `dask worker` processes ---------------------------------------------------------------
 def test_cli_on_dask_scheduler_and_workers(dask_processes, tmp_path, net):
     cluster, _ = dask_processes
-    assert_identical(simulate(net, 12, 400, 9, "weights", chunk_size=40, progress=False),
-                     simulate(net, 12, 400, 9, "weights", chunk_size=40, progress=False, scheduler=cluster.address))
+    with DaskMap(cluster.address) as dmap:
+        assert_identical(simulate(net, 12, 400, 9, "weights", chunk_size=40, progress=False),
+                         simulate(net, 12, 400, 9, "weights", chunk_size=40, progress=False, pool=dmap))
     cfg = tmp_path / "c.toml"
     cfg.write_text(CONFIG_TOML)
     runs = {}
@@ -214,9 +216,10 @@ def test_cli_on_dask_scheduler_and_workers(dask_processes, tmp_path, net):
         runs[name] = json.loads(out.read_text())
     local, remote = runs["local"], runs["dask"]
     assert local["chunks"] == 3 and remote["scheduler"] == cluster.address
+    assert local["pool"] == "serial" and remote["pool"] == f"dask({cluster.address})"
     for name in ("dask", "file"):
         for k, v in local.items():
-            if k not in ("timings", "workers"):
+            if k not in ("timings", "workers", "pool"):
                 assert runs[name][k] == v, k
     # the sweep command on the same cluster: the same table as the serial sweep
     (tmp_path / "s.toml").write_text(_sweep_toml())
@@ -238,8 +241,8 @@ def test_sweep_survives_a_killed_worker(dask_processes, tmp_path):
 
     def run():
         try:
-            result["summary"] = run_sweep(tmp_path / "s.toml", tmp_path / "dask", scheduler=cluster.address,
-                                          progress=False)
+            with DaskMap(cluster.address) as dmap:
+                result["summary"] = run_sweep(tmp_path / "s.toml", tmp_path / "dask", pool=dmap, progress=False)
         except Exception as err:                     # re-raised in the test thread below
             errors.append(err)
 

@@ -1,4 +1,4 @@
-"""Ensemble runner and statistics (THEORY §3, §7): exact identities, K1 estimators, reproducibility, stop rule,
+"""Ensemble runner and statistics (docs/exact.md#identities, docs/estimators.md): exact identities, K1 estimators, reproducibility, stop rule,
 interruption, registry, input checks. Statistical comparisons are z-tests that a wrong answer must fail."""
 import json
 import os
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from kerneleft import Network, ensemble
+from kerneleft import Network, ensemble, samplers
 from kerneleft.ensemble import chunk_statistics, get_method, simulate, transport_ops
 from kerneleft.cli import main
 from kerneleft.estimators import extrapolate_K1
@@ -38,7 +38,7 @@ def _z(res, key, exact, layers=slice(None)):
     return np.max(np.abs(np.divide(d, se, out=np.zeros_like(d), where=se > 0)))
 
 
-# --- §3 identities ---------------------------------------------------------------------------------------------
+# --- identities (docs/exact.md#identities) ---------------------------------------------------------------------------------------------
 def test_t0_wishart_moments():
     """(I3): E[G^0] = K_in, n Cov[G^0] = K_in∘K_in, E[Σ^0] = F(K_in); a 20 % error in V4 is rejected."""
     net = _net("tanh", depth=1)
@@ -87,7 +87,7 @@ def test_linear_network_exact_recursions(width):
 
 
 def test_K1_estimators_consistent_and_drift_cv_reduce_se():
-    """§7: naive, drift-integral and control-variate K1 agree; SE(drift) < SE(naive)/2, SE(cv) < SE(drift)."""
+    """docs/estimators.md: naive, drift-integral and control-variate K1 agree; SE(drift) < SE(naive)/2, SE(cv) < SE(drift)."""
     net = _net("tanh", C_b=0.0, T=2.0, depth=20)
     r = simulate(net, 16, 3000, seed=13, progress=False)
     drift = r.se["K1"][1:] / r.se["K1_naive"][1:]
@@ -109,8 +109,8 @@ def test_bit_identical_for_any_workers_and_batching():
     net = _net("tanh", depth=3)
     kw = dict(width=8, samples=1000, seed=21, chunk_size=96, progress=False)
     base = simulate(net, **kw)
-    assert _same(base, simulate(net, workers=2, **kw))
-    assert _same(base, simulate(net, workers=2, chunks_per_task=4, **kw))
+    assert _same(base, simulate(net, pool=2, **kw))
+    assert _same(base, simulate(net, pool=2, chunks_per_task=4, **kw))
     assert _same(base, simulate(net, chunks_per_task=3, **kw))
     other = simulate(net, **{**kw, "seed": 22})
     assert not np.array_equal(base["G_mean"], other["G_mean"])
@@ -165,7 +165,7 @@ def test_stop_se_stops_after_whole_chunks():
     r = simulate(net, **kw)
     assert r.meta["stopped_early"] and r.meta["samples"] % 64 == 0 and r.meta["samples"] < 100000
     assert np.max(r.se["K1"]) <= 1.5
-    assert _same(r, simulate(net, workers=2, chunks_per_task=3, **kw))
+    assert _same(r, simulate(net, pool=2, chunks_per_task=3, **kw))
 
 
 def test_interrupt_returns_finished_chunks():
@@ -176,7 +176,7 @@ def test_interrupt_returns_finished_chunks():
             yield fn(task)
 
     net = _net("tanh", depth=3)
-    r = simulate(net, 8, 10000, seed=24, chunk_size=50, map=interrupted_map, progress=False)
+    r = simulate(net, 8, 10000, seed=24, chunk_size=50, pool=interrupted_map, progress=False)
     assert r.meta["interrupted"] and r.meta["samples"] == 150
     assert _same(r, simulate(net, 8, 150, seed=24, chunk_size=50, progress=False))
 
@@ -188,7 +188,7 @@ def test_sigint_with_worker_processes_returns_partial():
         from kerneleft import Network
         from kerneleft.ensemble import simulate
         net = Network(activation="tanh", C_W=2.0, T=1.0, depth=20, K_in={K_IN.tolist()})
-        r = simulate(net, 64, 10**7, seed=1, workers=2, chunk_size=32, progress=True)
+        r = simulate(net, 64, 10**7, seed=1, pool=2, chunk_size=32, progress=True)
         print(json.dumps({{"interrupted": r.meta["interrupted"], "samples": r.meta["samples"]}}))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -209,22 +209,15 @@ def test_unknown_method_names_allowed_values():
         get_method("nope")
 
 
-def test_lazy_registration(tmp_path, monkeypatch):
-    (tmp_path / "late_sampler_mod.py").write_text(textwrap.dedent("""
-        from kerneleft.ensemble import register_method
-        from kerneleft.samplers import conditional_paths
-        register_method("late", conditional_paths, chunk_size=lambda net, n: 7)
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(ensemble._LAZY_METHODS, "late", "late_sampler_mod")
-    monkeypatch.setattr(ensemble, "METHODS", dict(ensemble.METHODS))
-    monkeypatch.setattr(ensemble, "_CHUNK_RULES", dict(ensemble._CHUNK_RULES))
-    assert get_method("late") is conditional_paths
-    assert ensemble.default_chunk_size("late", _net(), 4) == 7
+def test_methods_are_listed_statically():
+    """Every sampler is in METHODS as soon as ensemble is imported: no registration on import elsewhere."""
+    assert ensemble.METHODS == {"conditional": samplers.conditional_paths, "weights": samplers.weights_paths,
+                                "g-only-chain": samplers.gonly_chain}
+    assert get_method("g-only-chain") is samplers.gonly_chain
 
 
 @pytest.mark.parametrize("kw,field", [
-    ({"width": 0}, "width"), ({"samples": 1}, "samples"), ({"workers": 0}, "workers"), ({"seed": -1}, "seed"),
+    ({"width": 0}, "width"), ({"samples": 1}, "samples"), ({"pool": 0}, "pool"), ({"seed": -1}, "seed"),
     ({"method": "bogus"}, "method"), ({"chunk_size": 0}, "chunk_size"), ({"stop_se": -1.0}, "stop_se"),
 ])
 def test_bad_input_one_line(kw, field):

@@ -1,4 +1,4 @@
-"""Gaussian-expectation engine (THEORY §4, §6): closed forms vs quadrature vs Mehler series vs Monte Carlo,
+"""Gaussian-expectation engine (docs/numerics.md): closed forms vs quadrature vs Mehler series vs Monte Carlo,
 Price's theorem, derivative maps vs finite differences, degenerate kernels, batching, bad input."""
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def test_DF_D2F_match_finite_differences_of_F(name):
 
 
 def test_linear_activation_is_exact():
-    """φ(x) = x: F(K) = K, J = identity on symmetric matrices, H = 0 (§3 I4)."""
+    """φ(x) = x: F(K) = K, J = identity on symmetric matrices, H = 0 (I4, docs/exact.md#identities)."""
     K = _random_kernel(4, 5)
     assert np.allclose(g.F("linear", K), K, rtol=1e-14)
     J = g.jacobian("linear", K)

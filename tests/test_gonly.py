@@ -1,14 +1,19 @@
-"""G-only EFT (THEORY §5): exactness for linear φ (I4), discrete recursions vs the G-only chain, depth models."""
+"""G-only EFT (docs/gonly.md): exactness for linear φ (I4), discrete recursions vs the G-only chain, depth models."""
 import numpy as np
 import pytest
 
+from kerneleft.coefficients import coefficients, derivatives, hessian_pairs, jacobian_pairs, tadpole
 from kerneleft.config import Network
 from kerneleft.ensemble import get_method, simulate
 from kerneleft.gaussian import F, hessian, jacobian
+from kerneleft.pairs import pair_basis
+from kerneleft.samplers import gonly_chain
 from kerneleft.tensors import apply, box, circ
 from kerneleft.theory import solve
-from kerneleft.theory.gonly import (coefficients, from_pairs, from_pairs4, gonly_chain, solve_gonly, tadpole,
-                                    to_pairs, to_pairs4)
+from kerneleft.theory.gonly import solve_gonly
+from kerneleft.theory.sigma import time_grid
+
+PB2, PB3 = pair_basis(2), pair_basis(3)
 
 K_IN = [[1.0, 0.6], [0.6, 1.5]]
 
@@ -18,7 +23,7 @@ def _net(act="tanh", depth=20, C_W=2.0, C_b=0.0, T=2.0, K_in=K_IN):
 
 
 def _rearrange(V, four=True):
-    """V[a,c,b,d] + V[a,d,b,c] (+ V[b,c,a,d] + V[b,d,a,c]): the 1/n parts of E[G⊠S], E[S∘S] (§3)."""
+    """V[a,c,b,d] + V[a,d,b,c] (+ V[b,c,a,d] + V[b,d,a,c]): the 1/n parts of E[G⊠S], E[S∘S] (docs/model.md#tensor-conventions)."""
     R = np.einsum("acbd->abcd", V) + np.einsum("adbc->abcd", V)
     return R + np.einsum("bcad->abcd", V) + np.einsum("bdac->abcd", V) if four else R
 
@@ -69,14 +74,14 @@ def test_linear_chain_reproduces_exact_finite_width_and_rejects_leading_order():
 
 
 def _no_eps2(net):
-    """A wrong discrete V4: the §5 recursion without its ε² S̄∘S̄ term."""
+    """A wrong discrete V4: the discrete G-only recursion without its ε² S̄∘S̄ term."""
     K0 = solve_gonly(net, "discrete").K0
     c = coefficients(net, K0[:-1])
-    A = np.eye(3) + net.eps * c.Tr
-    V = [to_pairs4(circ(net.K_in))]
+    A = np.eye(3) + net.eps * c.T
+    V = [PB2.vec4(circ(net.K_in))]
     for l in range(net.depth):
-        V.append(A[l] @ V[-1] @ A[l].T + net.eps * to_pairs4(box(K0[l], from_pairs(c.S[l], 2))))
-    return from_pairs4(np.array(V), 2)
+        V.append(A[l] @ V[-1] @ A[l].T + net.eps * PB2.vec4(box(K0[l], PB2.mat(c.S_bar[l]))))
+    return PB2.mat4(np.array(V))
 
 
 def test_discrete_recursions_match_gonly_chain_and_wrong_theories_are_rejected():
@@ -109,12 +114,41 @@ def test_pair_coefficients_equal_full_engine_tensors(act):
     Y = rng.standard_normal((3, 3))
     Y = Y + Y.T
     V4 = circ(Y) + box(K, Y)
-    np.testing.assert_allclose(c.S, to_pairs(1.7 * F(act, K) + 0.3), rtol=1e-13)
-    np.testing.assert_allclose(c.Tr @ to_pairs(Y), to_pairs(1.7 * apply(jacobian(act, K), Y)), rtol=1e-12,
+    np.testing.assert_allclose(c.S_bar, PB3.vec(1.7 * F(act, K) + 0.3), rtol=1e-13)
+    np.testing.assert_allclose(c.T @ PB3.vec(Y), PB3.vec(1.7 * apply(jacobian(act, K), Y)), rtol=1e-12,
                                atol=1e-13)
     H = 1.7 * hessian(act, K)
-    np.testing.assert_allclose(tadpole(c, to_pairs4(V4)), to_pairs(0.5 * np.einsum("abefgh,efgh->ab", H, V4)),
+    np.testing.assert_allclose(tadpole(c, PB3.vec4(V4)), PB3.vec(0.5 * np.einsum("abefgh,efgh->ab", H, V4)),
                                rtol=1e-12, atol=1e-13)
+    # the sigma solver's Jp, Hp are the same operators without C_W: 𝒯 = C_W·Jp, ½ℋ:V = C_W/8 Hp:V
+    d = derivatives(act, K)
+    np.testing.assert_array_equal(c.T, 1.7 * jacobian_pairs(d))
+    Hp = hessian_pairs(d)
+    np.testing.assert_allclose(tadpole(c, PB3.vec4(V4)), 1.7 / 8 * np.einsum("rsu,su->r", Hp, PB3.vec4(V4)),
+                               rtol=1e-12, atol=1e-13)
+
+
+def test_sigma_transport_is_the_gonly_transport():
+    """The sigma solver's time grid carries Jp with 𝒯 = C_W·Jp, bit for bit the G-only transport matrix."""
+    net = _net("tanh", depth=4, K_in=np.eye(3) + 0.3)
+    tg = time_grid(net, "discrete")
+    np.testing.assert_array_equal(net.C_W * tg.Jp, coefficients(net, tg.K).T)
+    assert not np.array_equal(tg.Jp, coefficients(net, tg.K).T)          # C_W = 2 is not folded into Jp
+
+
+def test_pair_basis_round_trips_and_multiplicities():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((4, 4))
+    X = X + X.T
+    p = pair_basis(4)
+    assert p.N == 10 and pair_basis(4) is p and not p.a.flags.writeable
+    np.testing.assert_array_equal(p.mat(p.vec(X)), X)
+    V4 = circ(X)
+    np.testing.assert_array_equal(p.mat4(p.vec4(V4)), V4)
+    Y = rng.standard_normal((4, 4))
+    Y = Y + Y.T
+    np.testing.assert_allclose(p.vec4(V4) @ (p.mult * p.vec(Y)), p.vec(apply(V4, Y)), rtol=1e-12)   # ordered sums
+    np.testing.assert_array_equal(p.weight, p.mult[p.loc] * np.where(p.off[:, None], 1.0, [1.0, 0.0, 0.0]))
 
 
 def test_p8_shapes_symmetries_and_depth_models_agree():

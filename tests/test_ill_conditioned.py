@@ -10,15 +10,15 @@ import pytest
 
 from kerneleft import limits
 from kerneleft import gaussian as g
-from kerneleft._gauss_closed import block_det
 from kerneleft.cli import main
 from kerneleft.config import Network
 from kerneleft.diagnostics import diagnose
 from kerneleft.ensemble import simulate
+from kerneleft.gaussian import block_det
 from kerneleft.errors import ConvergenceError, InputError
 from kerneleft.kernel import K0_discrete, kernel
 from kerneleft.result import KernelResult, require_finite, to_jsonable
-from kerneleft.theory import merge_rtol, solve
+from kerneleft.theory import make_options, merge_rtol, solve
 from kerneleft.theory.sigma import solve_sigma
 
 DELTAS = (1e-4, 1e-6, 1e-8, 1e-11)         # 1 − ρ
@@ -83,7 +83,7 @@ def test_merge_error_is_below_tol(act):
     """Merging at the threshold τ = 0.01·tol moves V4, K1 by O(τ) (measured C ≈ 1), far below tol: the two-input
     solutions at 1 − ρ = 0.9τ and 1e-10 on the same fixed grid differ by < 0.1·tol."""
     tol = 1e-2
-    tau = merge_rtol("sigma", {"tol": tol})
+    tau = merge_rtol("sigma", make_options("sigma", tol=tol))
     assert tau == pytest.approx(0.01 * tol)
     assert solve(near(act, 0.9 * tau, T=2.0), "sigma", "discrete", tol=tol).meta["merged_inputs"] == [0, 0]
     a, b = (solve_sigma(near(act, d, T=2.0), "discrete", grid=96) for d in (0.9 * tau, 1e-10))

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 
 import kerneleft.ensemble as ensemble
-import kerneleft.figures as figures
+import kerneleft.reproduce.figures as figures
+import kerneleft.maps as maps
 import kerneleft.sweep as sweep_mod
 from kerneleft import Network
 from kerneleft.cli import main
 from kerneleft.diagnostics import diagnose
 from kerneleft.errors import Interrupted
-from kerneleft.report import reproduce
+from kerneleft.reproduce import reproduce
 from kerneleft.sweep import parse_sweep, run_sweep
 
 CFG = {"activation": "tanh", "C_W": 1.5, "C_b": 0.0, "T": 1.0, "depth": 4, "K_in": [[1.0, 0.5], [0.5, 1.2]]}
@@ -33,7 +34,7 @@ _real_simulate = ensemble.simulate
 
 
 def _stop_after(chunks: int):
-    """A ``map`` that runs ``chunks`` tasks, then raises KeyboardInterrupt as Ctrl-C would."""
+    """A ``pool`` map that runs ``chunks`` tasks, then raises KeyboardInterrupt as Ctrl-C would."""
     def map_(fn, tasks):
         for i, task in enumerate(tasks):
             if i == chunks:
@@ -50,7 +51,7 @@ def _interrupt_call(monkeypatch, module, k: int, chunks: int, chunk_size: int = 
     def simulate(*args, **kwargs):
         calls.append(kwargs.get("seed"))
         if len(calls) == k:
-            kwargs = {**kwargs, "chunk_size": chunk_size, "chunks_per_task": 1, "map": _stop_after(chunks)}
+            kwargs = {**kwargs, "chunk_size": chunk_size, "chunks_per_task": 1, "pool": _stop_after(chunks)}
         return _real_simulate(*args, **kwargs)
 
     monkeypatch.setattr(module, "simulate", simulate)
@@ -58,10 +59,11 @@ def _interrupt_call(monkeypatch, module, k: int, chunks: int, chunk_size: int = 
 
 
 # --- reproduce ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_reproduce_interrupted_then_rerun_gives_the_uninterrupted_numbers(tmp_path, monkeypatch):
     monkeypatch.setattr(figures, "make_figures", lambda results, out: [])          # figures are not under test
-    kw = dict(config=CFG, sizes=SIZES, workers=1, progress=False)
-    ref = reproduce(tmp_path / "ref", **kw)
+    kw = dict(config=CFG, sizes=SIZES, pool=1, progress=False)
+    ref = reproduce(tmp_path / "ref", **kw).to_dict()
 
     out = tmp_path / "run"
     _interrupt_call(monkeypatch, ensemble, k=6, chunks=2)       # batch 6 of 8 (width 16, batch 2) cut at 16 of 24
@@ -76,7 +78,7 @@ def test_reproduce_interrupted_then_rerun_gives_the_uninterrupted_numbers(tmp_pa
     assert not list((out / "cache").glob(".*"))                                    # nor a temporary file
 
     monkeypatch.setattr(ensemble, "simulate", _real_simulate)
-    res = reproduce(out, **kw)
+    res = reproduce(out, **kw).to_dict()
     assert res["cache"]["simulations_run"] == 3 and res["cache"]["rejected"] == 0
     assert json.loads((out / "results.json").read_text()).get("interrupted") is None
     for n in (8, 16):
@@ -145,7 +147,7 @@ def _sleep_square(x: float) -> float:
 def test_process_map_ctrl_c_yields_the_finished_head_of_the_queue_in_order():
     """Ctrl-C while the consumer holds task 0: tasks 1 and 2, running meanwhile on the two workers, are finished
     and still yielded in order; then KeyboardInterrupt."""
-    gen = ensemble.ProcessMap(2)(_sleep_square, [0.01, 0.02, 0.03, 30.0, 30.0])
+    gen = maps.ProcessMap(2)(_sleep_square, [0.01, 0.02, 0.03, 30.0, 30.0])
     assert next(gen) == 0.01 ** 2
     time.sleep(1.5)
     drained, propagated = [], False
@@ -158,7 +160,7 @@ def test_process_map_ctrl_c_yields_the_finished_head_of_the_queue_in_order():
 
 
 def test_process_map_closed_early_kills_its_workers_instead_of_waiting():
-    gen = ensemble.ProcessMap(2)(_sleep_square, [0.01, 60.0, 60.0, 60.0])
+    gen = maps.ProcessMap(2)(_sleep_square, [0.01, 60.0, 60.0, 60.0])
     assert next(gen) == 0.01 ** 2
     time.sleep(0.5)
     start = time.monotonic()
@@ -249,10 +251,11 @@ def test_pool_workers_die_after_kill_9_of_parent(guard):
     """PR_SET_PDEATHSIG, or where it is unavailable the getppid watchdog, ends the workers of a killed parent."""
     script = textwrap.dedent(f"""
         import kerneleft.ensemble as e
+        import kerneleft.maps as m
         if {guard!r} == "watchdog":
-            e._set_pdeathsig = lambda: False
+            m.set_pdeathsig = lambda: False
         net = e.Network(activation="tanh", C_W=2.0, T=1.0, depth=20, K_in=[[1.0, 0.6], [0.6, 1.5]])
-        e.simulate(net, 64, 10**7, seed=1, workers=2, chunk_size=32)
+        e.simulate(net, 64, 10**7, seed=1, pool=2, chunk_size=32)
     """)
     proc, _ = _start([sys.executable, "-c", script], rb"\| *[1-9][0-9]*/10000000")
     workers = _children(proc.pid)

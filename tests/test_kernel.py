@@ -1,4 +1,4 @@
-"""Infinite-width kernel K0 (THEORY §4): exact solutions, arc-cosine recursion, every activation and P."""
+"""Infinite-width kernel K0 (docs/gonly.md#k0): exact solutions, arc-cosine recursion, every activation and P."""
 import numpy as np
 import pytest
 

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from conftest import one_error as cli_error_line, toml_text
 
 import kerneleft.diagnostics
 import kerneleft.ensemble
 import kerneleft.kernel
-import kerneleft.report
+import kerneleft.reproduce
 import kerneleft.sweep
 import kerneleft.theory
 from kerneleft import network_from_dict
@@ -43,25 +44,6 @@ def ci(max_examples: int):
 
 
 # ------------------------------------------------------------------------------------------------ TOML writing
-def toml_value(v) -> str:
-    """A TOML literal for the values the strategies produce (bool, int, float incl. nan/inf, str, list, dict)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else repr(v))
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
-    return "[" + ", ".join(toml_value(x) for x in v) + "]"
-
-
-def toml_text(d: dict) -> str:
-    return "".join(f"{k} = {toml_value(v)}\n" for k, v in d.items())
-
-
 # ------------------------------------------------------------------------------------------------- valid configs
 small = st.floats(-3.0, 3.0, allow_nan=False)
 
@@ -239,14 +221,14 @@ def no_compute(monkeypatch):
     """Replace every slow entry point the CLI calls: an invalid run must end before reaching them."""
     for module, name in [(kerneleft.ensemble, "simulate"), (kerneleft.diagnostics, "diagnose"),
                          (kerneleft.kernel, "kernel"), (kerneleft.theory, "solve"),
-                         (kerneleft.report, "reproduce"), (kerneleft.sweep, "run_sweep")]:
+                         (kerneleft.reproduce, "reproduce"), (kerneleft.sweep, "run_sweep")]:
         monkeypatch.setattr(module, name, _tripwire)
 
 
 def one_error(capsys, rc) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), (rc, err)
-    return err[0][len("error: "):]
+    line = cli_error_line(capsys, rc)
+    assert line.startswith("error: "), line
+    return line[len("error: "):]
 
 
 COMMANDS = {
@@ -370,7 +352,7 @@ API_BAD = {
     "samples": st.one_of(st.integers(max_value=MIN_COV_SAMPLES - 1), st.floats(), junk,
                          st.integers(10 ** 15, 10 ** 18)),
     "seed": st.one_of(st.integers(max_value=-1), st.floats(), junk),
-    "workers": st.one_of(st.integers(max_value=0), st.floats(), junk, st.integers(10 ** 4, 10 ** 9)),
+    "pool": st.one_of(st.integers(max_value=0), st.floats(), junk, st.integers(10 ** 4, 10 ** 9)),
     "chunk_size": st.one_of(st.integers(max_value=0), st.floats(), junk),
     "stop_se": st.one_of(st.floats(max_value=0.0), not_finite, junk),
     "method": st.one_of(identifiers.filter(lambda s: s not in ("conditional", "weights", "g-only-chain")), junk),

@@ -1,4 +1,4 @@
-"""`kerneleft reproduce` end to end (one quick run, module-scoped) and the report's statistics helpers."""
+"""`kerneleft reproduce` end to end (one small run, module-scoped), its failure path and the statistics helpers."""
 import json
 import re
 import struct
@@ -12,26 +12,37 @@ from numpy.polynomial.hermite_e import hermegauss
 from scipy.integrate import solve_ivp
 
 import kerneleft.ensemble as ensemble
+import kerneleft.reproduce.figures as figures
 from kerneleft.cli import main
 from kerneleft.config import load_config, network_from_dict
 from kerneleft.gaussian import hessian
 from kerneleft.kernel import K0_discrete
-from kerneleft.report import (FIGURES, PLANS, ResultCache, combine_batches, default_network, extrapolate_width,
-                              relative_error, reproduce, zscore, _f, _z)
+from kerneleft.diagnostics import relative_error, validity_window
+from kerneleft.errors import ConvergenceError
+from kerneleft.estimators import extrapolate_width
+from kerneleft.reproduce import (FIGURES, PLANS, ResultCache, combine_batches, default_network, findings_text,
+                                 reproduce, zscore)
+from kerneleft.reproduce import format_number as _f, format_z as _z
 from kerneleft.result import KernelResult
 from kerneleft.tensors import circ
 
+pytestmark = pytest.mark.slow          # the module's reproduce run takes ~30 s
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tanh_two_inputs.toml"
 Z_OK = 5.0          # max |z| tolerated where theory and simulation must agree (many correlated comparisons)
+#: the quick plan at smaller widths, with 1/8 of its networks in 8 batches (diagnostics cost ∝ batches): ~1/5 of its
+#: time. K1's SE shrinks with the width, and every verdict tested keeps a margin of several SE (--quick itself:
+#: |z| = 49 and 18 for the K1 rejections, 39 for V4)
+SIZES = {"widths": (16, 32, 64), "samples": 1 << 14, "batches": 8, "diag_width": 64}
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One `kerneleft reproduce --quick` through the CLI; returns (out dir, results.json, report.md)."""
+    """One `reproduce --quick` at :data:`SIZES`; returns (out dir, results.json, report.md, findings text)."""
     out = tmp_path_factory.mktemp("reproduce")
-    assert main(["reproduce", "--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
+    res = reproduce(out, quick=True, sizes=SIZES, progress=False)
+    return (out, json.loads((out / "results.json").read_text()), (out / "report.md").read_text(),
+            findings_text(res.analysis))
 
 
 def _a(x):
@@ -51,7 +62,7 @@ def test_other_examples_load(name):
 
 
 def test_files_and_metadata(run):
-    out, res, _ = run
+    out, res, _, _ = run
     for name in FIGURES:
         data = (out / "figures" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -62,13 +73,13 @@ def test_files_and_metadata(run):
     assert set(res["versions"]) >= {"kerneleft", "numpy", "scipy", "python"}
     assert set(res["timings"]) >= {"K0 (discrete, continuous)", "theory sigma", "ensembles (exact conditional sampler)",
                                    "diagnostics", "figures", "total"}
-    plan = PLANS["quick"]
-    assert res["simulation"]["widths"] == list(plan["widths"])
+    plan = {**PLANS["quick"], **SIZES}
+    assert res["simulation"]["widths"] == list(plan["widths"]) and res["sizes_override"]["diag_width"] == 64
     assert res["cache"]["simulations_run"] == len(plan["widths"]) * plan["batches"]
     assert all(len(set(s)) == plan["batches"] for s in res["seeds"].values())
     for n in plan["widths"]:
         assert res["simulation"]["ensembles"][str(n)]["samples"] == plan["samples"]
-    assert res["sigma_error"] is None and res["theory"]["sigma_discrete"] is not None
+    assert res["failed"] is None and res["theory"]["sigma_discrete"]["meta"]["closure"] == "sigma"
 
 
 @lru_cache(maxsize=None)
@@ -88,7 +99,7 @@ def _F_reference(phi, K):
 
 
 def _K0_reference(net, phi):
-    """K0 on net.t from the §4 definitions alone: the depth-L recursion and dK0/dt = C_W F(K0) + C_b (solve_ivp)."""
+    """K0 on net.t from the definitions (docs/gonly.md#k0) alone: the depth-L recursion and dK0/dt = C_W F(K0) + C_b (solve_ivp)."""
     K, disc = net.K_in, [net.K_in]
     for _ in range(net.depth):
         K = K + net.eps * (net.C_W * _F_reference(phi, K) + net.C_b)
@@ -100,7 +111,7 @@ def _K0_reference(net, phi):
 
 
 def test_K0_matches_independent_reference_and_simulation(run):
-    _, res, _ = run
+    _, res, _, _ = run
     net = network_from_dict(res["config"])
     assert net.phi.name == "tanh"
     disc, cont = _K0_reference(net, np.tanh)
@@ -125,7 +136,7 @@ def test_K0_matches_independent_reference_and_simulation(run):
 
 
 def test_k1_source_at_t0(run):
-    _, res, report = run
+    _, res, report, _ = run
     net = network_from_dict(res["config"])
     src = res["k1_source_t0"]
     H = hessian(net.phi, net.K_in)
@@ -139,7 +150,7 @@ def test_k1_source_at_t0(run):
 
 
 def test_extrapolation_and_theory_comparisons(run):
-    _, res, _ = run
+    _, res, _, _ = run
     ens = res["simulation"]["ensembles"]
     parts = [KernelResult(_a(res["t"]), {"K1": _a(e["K1"])}, {"K1": _a(e["K1_se"])}, {"width": int(n)})
              for n, e in ens.items()]
@@ -161,7 +172,8 @@ def test_extrapolation_and_theory_comparisons(run):
 
 
 def test_report_states_findings_with_numbers(run):
-    _, res, report = run
+    _, res, report, printed = run
+    assert "\n\n".join(printed) in report                                  # the CLI prints the report's findings
     f = res["findings"]
     num = r"−?\d+(\.\d+)?"
     zc = res["z_crit"]
@@ -191,13 +203,14 @@ def test_report_states_findings_with_numbers(run):
 
 
 def test_rerun_hits_the_cache(run, monkeypatch):
-    out, res, _ = run
+    out, res, _, _ = run
 
     def no_simulation(*args, **kwargs):
         raise AssertionError("re-run must not simulate")
 
     monkeypatch.setattr(ensemble, "simulate", no_simulation)
-    again = reproduce(out, quick=True, progress=False)
+    monkeypatch.setattr(figures, "make_figures", lambda analysis, out: [])       # not under test here
+    again = reproduce(out, quick=True, sizes=SIZES, progress=False).to_dict()
     assert again["cache"]["simulations_run"] == 0 and again["cache"]["misses"] == 0
     np.testing.assert_array_equal(again["simulation"]["extrapolated"]["K1"],
                                   _a(res["simulation"]["extrapolated"]["K1"]))
@@ -224,20 +237,20 @@ def test_extrapolate_width_recovers_intercept_and_rejects_wrong_one():
     se = [np.full(2, 0.01) for _ in widths]
     exact = [A + B / n for n in widths]
     fit = extrapolate_width(widths, exact, se)
-    np.testing.assert_allclose(fit["value"], A, atol=1e-12)
-    assert fit["chi2"] < 1e-20 and fit["dof"] == 2 * 2
+    np.testing.assert_allclose(fit.value, A, atol=1e-12)
+    assert fit.chi2.sum() < 1e-20 and fit.dof.sum() == 2 * 2
     x = 1 / np.array(widths)
     se_expected = 0.01 * np.sqrt(np.sum(x ** 2) / (len(x) * np.sum(x ** 2) - np.sum(x) ** 2))
-    np.testing.assert_allclose(fit["se"], se_expected, rtol=1e-10)
+    np.testing.assert_allclose(fit.value_se, se_expected, rtol=1e-10)
     zs = []
     for _ in range(200):
         noisy = [v + 0.01 * rng.standard_normal(2) for v in exact]
         f = extrapolate_width(widths, noisy, se)
-        zs.append((f["value"] - A) / f["se"])
+        zs.append((f.value - A) / f.value_se)
     assert 0.8 < np.std(zs) < 1.2                                          # honest error bars
-    assert np.max(np.abs(zscore(f["value"], f["se"], A + 10 * f["se"]))) > 5   # a wrong intercept is rejected
+    assert np.max(np.abs(zscore(f.value, f.value_se, A + 10 * f.value_se))) > 5   # a wrong intercept is rejected
     quad = extrapolate_width(widths, [A + B / n + 7 / n ** 2 for n in widths], se, degree=2)
-    np.testing.assert_allclose(quad["value"], A, atol=1e-10)
+    np.testing.assert_allclose(quad.value, A, atol=1e-10)
     with pytest.raises(ValueError, match="^widths:"):
         extrapolate_width([32, 64], exact[:2], se[:2], degree=2)
 
@@ -247,15 +260,66 @@ def test_zscore_exact_entries():
     assert z[0] == 2.0 and z[1] == 0.0 and z[2] == np.inf
 
 
-def test_relative_error_window():
+def test_extrapolate_K1_is_extrapolate_width():
+    """One width extrapolation: extrapolate_K1 is extrapolate_width of K1 (SE-0 entries exact, χ² over a <= b)."""
+    rng = np.random.default_rng(2)
+    t = np.arange(3.0)
+    se = np.full((3, 2, 2), 0.1)
+    se[0] = 0.0
+    parts = [KernelResult(t, {"K1": rng.standard_normal((3, 2, 2))}, {"K1": se}, {"width": n}) for n in (8, 16, 32)]
+    k1x = ensemble.extrapolate_K1(parts)
+    fit = extrapolate_width([8, 16, 32], [p["K1"] for p in parts], [p.se["K1"] for p in parts])
+    np.testing.assert_array_equal(k1x["K1"], fit.value)
+    np.testing.assert_array_equal(k1x.se["K1_slope"], fit.se[1])
+    assert np.all(k1x.se["K1"][0] == 0) and k1x.meta["dof"] == 2 * 3 * 1
+    assert k1x.meta["chi2"] == pytest.approx(fit.chi2[..., [0, 0, 1], [0, 1, 1]].sum())
+
+
+def test_validity_window_rule():
+    """docs/failure.md#validity-window: first t with |theory − sim| > threshold·max|sim| + 2 SE (diagnose's rule)."""
     t = np.linspace(0, 1, 11)
     sim = np.ones((11, 2))
     se = np.full((11, 2), 0.01)
     theory = sim.copy()
     theory[6:, 1] += 0.2                                   # 20 % off from t = 0.6 on
-    rel, win = relative_error(t, theory, sim, se, threshold=0.05)
-    assert win == pytest.approx(0.6) and rel[6] == pytest.approx(0.2) and rel[5] == 0
-    assert relative_error(t, sim + 0.03, sim, se, threshold=0.05)[1] is None
+    assert validity_window(t, theory, sim, se, threshold=0.05) == pytest.approx(0.6)
+    rel = relative_error(theory, sim)
+    assert rel[6] == pytest.approx(0.2) and rel[5] == 0
+    assert validity_window(t, sim + 0.03, sim, se, threshold=0.05) is None
+    # the margin is 2 SE: 0.05 + 0.018 stays inside, 0.05 + 0.022 closes the window
+    assert validity_window(t, sim + 0.068, sim, se, threshold=0.05) is None
+    assert validity_window(t, sim + 0.072, sim, se, threshold=0.05) == 0.0
+
+
+def test_batch_seeds_one_scheme():
+    """diagnose's draws are unchanged (SeedSequence(seed)); reproduce's widths get their own independent streams."""
+    old = [int(s) for s in np.random.SeedSequence(7).generate_state(4, dtype=np.uint64) >> np.uint64(1)]
+    assert ensemble.batch_seeds(7, 4) == old
+    a, b = ensemble.batch_seeds(7, 4, width=32), ensemble.batch_seeds(7, 4, width=64)
+    assert len(set(a + b + old)) == 12 and all(0 <= s < 2 ** 63 for s in a)
+    assert ensemble.batch_seeds(7, 2, width=32) == a[:2]
+
+
+def test_failed_stage_is_reported_and_raised(tmp_path, monkeypatch):
+    """A stage that fails is loud: results.json and report.md name it, and the error propagates (CLI exit 3)."""
+    import kerneleft.reproduce.pipeline as pipeline
+    real = pipeline.solve
+
+    def solve(net, closure, **kw):
+        if closure == "sigma":
+            raise ConvergenceError("sigma: did not converge (error 0.1 > tol 0.001); raise --tol")
+        return real(net, closure, **kw)
+
+    monkeypatch.setattr(pipeline, "solve", solve)
+    cfg = {"activation": "tanh", "C_W": 1.5, "C_b": 0.0, "T": 1.0, "depth": 4, "K_in": [[1.0, 0.5], [0.5, 1.2]]}
+    with pytest.raises(ConvergenceError, match="did not converge"):
+        reproduce(tmp_path, config=cfg, sizes={"widths": (8, 16), "samples": 12, "batches": 4, "diag_width": 16},
+                  progress=False)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["failed"] == {"stage": "theory sigma",
+                             "error": "ConvergenceError: sigma: did not converge (error 0.1 > tol 0.001); raise --tol"}
+    report = (tmp_path / "report.md").read_text()
+    assert "failed" in report and "theory sigma" in report and "findings" not in res
 
 
 def test_combine_batches_is_the_pooled_mean():

@@ -1,4 +1,4 @@
-"""Exact samplers (THEORY §2): conditional vs explicit weights, the §2.2 block law, (I1) per layer.
+"""Exact samplers (docs/exact.md): conditional vs explicit weights, the block law, (I1) per layer.
 
 Every statistical comparison is a z-test with standard errors, paired with a deliberately wrong variant that
 the same test must reject.
@@ -73,7 +73,7 @@ def test_I1_per_layer(sampler):
     assert np.max(np.abs(_I1_z(_dropped_sqrt_eps, net, 6))) > Z_BAD
 
 
-# --- §2.2 block law --------------------------------------------------------------------------------------------
+# --- block law (docs/exact.md#block-law) --------------------------------------------------------------------------------------------
 def _pairs(G):
     a, b = np.triu_indices(G.shape[-1])
     return G[..., a, b]
@@ -88,7 +88,7 @@ def _explicit_step(rng, h, S, eps, size):
 
 
 def _exact_moments(G, S, eps, n):
-    """E[G^{l+1} | h] = G + εS;  n Cov[G^{l+1} | h] = ε G⊠S + ε² S∘S  (§3 I1–I2 given h)."""
+    """E[G^{l+1} | h] = G + εS;  n Cov[G^{l+1} | h] = ε G⊠S + ε² S∘S  (I1–I2 given h, docs/exact.md#identities)."""
     return G + eps * S, eps * box(G, S) + eps ** 2 * circ(S)
 
 
@@ -118,8 +118,8 @@ def test_block_law_matches_explicit_increments(width, P):
 
 def test_block_law_wrong_wishart_dof_rejected(monkeypatch):
     """Wishart_P(n) instead of Wishart_P(n − P) (E1's P degrees of freedom counted twice) is rejected."""
-    orig = samplers._wishart_identity
-    monkeypatch.setattr(samplers, "_wishart_identity", lambda rng, dof, shape, P: orig(rng, dof + P, shape, P))
+    orig = samplers.wishart_identity
+    monkeypatch.setattr(samplers, "wishart_identity", lambda rng, dof, shape, P: orig(rng, dof + P, shape, P))
     assert _block_law_z(40, 3) > Z_BAD
 
 

@@ -1,4 +1,4 @@
-"""Sigma-kernel theory (THEORY §6): exactness checks, convergence control, and a statistical check vs the sampler."""
+"""Sigma-kernel theory (docs/sigma.md): exactness checks, convergence control, and a statistical check vs the sampler."""
 import itertools
 
 import numpy as np
@@ -27,7 +27,7 @@ def rel(x, y):
 
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_quadratic_truncation_is_gonly_v4(act):
-    """Truncated to the quadratic observables (Hermite degree 2) the V4 equation is the §5 one, exactly."""
+    """Truncated to the quadratic observables (Hermite degree 2) the V4 equation is the G-only one, exactly."""
     net = net_of(act, C_b=0.1)
     disc = solve_sigma(net, "discrete", degree="quadratic")
     assert rel(disc.V4, solve_gonly(net, "discrete").V4) < 1e-12
@@ -96,7 +96,7 @@ def test_hermite_and_grid_agree_p3():
 
 
 def test_diagonal_entries_are_one_input_networks():
-    """The coordinates of input a evolve on their own (§2), so K1_aa and V4_aaaa equal those of P = 1."""
+    """The coordinates of input a evolve on their own (docs/exact.md#conditional-gaussianity), so K1_aa and V4_aaaa equal those of P = 1."""
     two = solve_sigma(net_of("relu", T=2.0), "discrete", grid=144)     # whitened plane vs line: O(h²) apart
     one = solve_sigma(net_of("relu", K=[[1.5]], T=2.0), "discrete", grid=144)
     assert abs(two.K1[-1, 1, 1] / one.K1[-1, 0, 0] - 1) < 1e-4
@@ -139,7 +139,7 @@ def _k1_depth2(K, C_W, C_b, eps, phi, m):
     """K1 = lim n(E[G^2] − K0^2) of the depth-2 network from its definition alone (no kerneleft code): two (P, P)
     parts, linear and quadratic in the fluctuation δ of S^0.
 
-    Given layer 0, h^1_i = h^0_i + √ε A Z_i with AAᵀ = S^0 = C_W Σ^0 + C_b (§2.1), so E[p_cd(h^1_i)] =
+    Given layer 0, h^1_i = h^0_i + √ε A Z_i with AAᵀ = S^0 = C_W Σ^0 + C_b (docs/exact.md#conditional-gaussianity), so E[p_cd(h^1_i)] =
     E[ψ_cd(h^0_i, S^0)], ψ_cd(h, S) = E_{y~N(h, εS)}[φ_c φ_d(y)]. With S^0 = S̄ + δ, δ = (C_W/n) Σ_j U_j,
     U = φφᵀ − F(K_in) i.i.d. with mean 0, and ∂ψ/∂S_ab = (ε/2) E[∂_a∂_b p] (heat equation), a Taylor expansion in δ
     gives n(E[Σ^1] − F(K0^1)) = C_W Σ_ab E[∂_{S_ab}ψ(h) U_ab(h)] + ½C_W² Σ_abef Cov(p_ab, p_ef) E[∂_{S_ab}∂_{S_ef}ψ]

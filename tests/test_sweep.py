@@ -6,27 +6,23 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import SMALL, SMALL_TOML, assert_same_table
 
 from kerneleft import network_from_dict
-from kerneleft.cache import CacheWarning
+from kerneleft.reproduce.cache import CacheWarning
 from kerneleft.cli import main
 from kerneleft.ensemble import simulate
+from kerneleft.errors import InputError
 from kerneleft.sweep import COLUMNS, load_sweep, parse_sweep, run_sweep
 from kerneleft.theory import solve
 
-BASE = {"activation": "tanh", "C_W": 1.0, "C_b": 0.1, "T": 1.0, "depth": 3, "K_in": [[1.0, 0.5], [0.5, 1.2]]}
+BASE = SMALL
 SPEC = {"base": BASE, "axes": {"width": [8, 12], "C_W": [0.5, 1.0]},
         "ensemble": {"samples": 120, "seed": 4, "chunk_size": 32},
         "theory": {"closures": ["g-only"], "depth_model": "discrete"}}
-TOML = """
+TOML = f"""
 [base]
-activation = "tanh"
-C_W = 1.0
-C_b = 0.1
-T = 1.0
-depth = 3
-K_in = [[1.0, 0.5], [0.5, 1.2]]
-
+{SMALL_TOML}
 [axes]
 width = [8, 12]
 C_W = [0.5, 1.0]
@@ -57,23 +53,6 @@ def _array(table, cell, quantity, column="value"):
     r = sum(rows[k].null_count == 0 for k in "abcd")
     P = rows["P"][0].as_py()
     return rows[column].to_numpy(zero_copy_only=False).reshape((-1,) + (P,) * r)
-
-
-def assert_same_table(path_a, path_b):
-    """Two result tables are identical; on failure name the columns, quantities and cells that differ."""
-    a, b = pq.read_table(path_a), pq.read_table(path_b)
-    if a.equals(b):
-        return
-    assert a.num_rows == b.num_rows and a.column_names == b.column_names, (a.num_rows, b.num_rows)
-    diff = {}
-    for col in a.column_names:
-        bad = pc.invert(pc.fill_null(pc.equal(a[col], b[col]), False))
-        both_null = pc.and_(pc.is_null(a[col]), pc.is_null(b[col]))
-        bad = pc.and_(bad, pc.invert(both_null))
-        if pc.any(bad).as_py():
-            rows = a.filter(bad)
-            diff[col] = (rows.num_rows, sorted(set(rows["quantity"].to_pylist())), sorted(set(rows["cell"].to_pylist())))
-    raise AssertionError(f"tables differ: {diff}")
 
 
 def test_grid_expansion_and_stable_cell_ids(tmp_path, sweep_file):
@@ -112,13 +91,26 @@ def test_grid_expansion_and_stable_cell_ids(tmp_path, sweep_file):
     ({"ensemble": None}, "axes.width: ensemble setting, but the sweep has no [ensemble] table"),
     ({"theory": {"closures": ["exact"]}}, "theory.closures: must be among"),
     ({"theory": {"closures": ["g-only"], "depth_model": "euler"}}, "theory.depth_model: must be"),
-    ({"theory": {"closures": ["g-only"], "g-only": {"tolerance": 1}}}, "theory.g-only: bad solver options"),
+    ({"theory": {"closures": ["g-only"], "g-only": {"tolerance": 1}}},
+     "theory.g-only.tolerance: unknown (allowed: rtol, atol)"),
+    ({"theory": {"closures": ["sigma"], "sigma": {"tol": 2.0}}}, "theory.sigma.tol: must be a number in"),
+    ({"theory": {"closures": ["sigma"], "sigma": {"tol": float("nan")}}}, "theory.sigma.tol: must not contain nan"),
+    ({"axes": {"C_W": [1.0, float("inf")]}}, "axes.C_W: must not contain nan or inf"),
+    ({"ensemble": {"samples": 10, "seed": 2 ** 63}}, "ensemble.seed: must be an integer in [0, "),
 ])
 def test_bad_sweep_one_line_error_naming_the_field(change, message):
     spec = {k: v for k, v in {**SPEC, **change}.items() if v is not None}
-    with pytest.raises((ValueError, TypeError)) as info:
+    with pytest.raises(InputError) as info:
         parse_sweep(spec)
     assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
+
+
+def test_binary_sweep_and_base_files_one_line(tmp_path):
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(InputError, match=r"^sweep: .* is not UTF-8 text"):
+        load_sweep(tmp_path / "bin.toml")
+    with pytest.raises(InputError, match=r"^base: .* is not UTF-8 text"):
+        parse_sweep({**SPEC, "base": "bin.toml"}, tmp_path)
 
 
 def test_cli_bad_sweep_exit_2(tmp_path, capsys):
@@ -177,9 +169,10 @@ def test_rerun_recomputes_nothing_and_extension_only_new_cells(tmp_path, sweep_f
     assert recomputed == sorted([summary["cells"][0]["point"]["width"], 16, 16])
 
 
+@pytest.mark.slow
 def test_localcluster_workers_give_the_serial_table(tmp_path, sweep_file):
     run_sweep(sweep_file, tmp_path / "serial", progress=False)
-    summary = run_sweep(sweep_file, tmp_path / "dask", workers=2, progress=False)
+    summary = run_sweep(sweep_file, tmp_path / "dask", pool=2, progress=False)
     assert summary.scheduler.startswith("tcp://127.0.0.1:") and len(summary.computed) == 6
     assert_same_table(tmp_path / "serial" / "results.parquet", tmp_path / "dask" / "results.parquet")
 

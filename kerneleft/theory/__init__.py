@@ -1,7 +1,10 @@
 """Leading-order finite-width theories: E[G] ≈ K0 + K1/n, n Cov[G] ≈ V4 (docs/gonly.md, docs/sigma.md).
 
-``solve(net, closure, depth_model, **opts)`` dispatches to the G-only EFT (:mod:`.gonly`) or the sigma-kernel
-theory (:mod:`.sigma`); both return a :class:`~kerneleft.result.KernelResult` on net.t.
+``solve(net, closure, depth_model, options, **opts)`` dispatches through the closure registry :data:`CLOSURES` to
+the G-only EFT (:mod:`.gonly`) or the sigma-kernel theory (:mod:`.sigma`); both return a
+:class:`~kerneleft.result.KernelResult` on net.t. Each closure declares its options once, as a frozen dataclass
+beside its solver (:class:`.gonly.GOnlyOptions`, :class:`.sigma.SigmaOptions`) validated on construction; an
+unknown option is refused with one line listing the allowed ones (:func:`make_options`).
 
 Identical and nearly identical inputs (docs/numerics.md#ill-conditioned). Identical inputs (K_aa = K_bb = K_ab)
 give identical pre-activations in every neuron and layer, so they are merged before solving and the result is
@@ -14,26 +17,64 @@ grids are whitened to resolve the thin direction of a nearly singular block, mea
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from ..config import Network
 from ..errors import InputError
+from ..kernel import check_depth_model
 from ..result import KernelResult
+from .gonly import GOnlyOptions, solve_gonly
+from .sigma import SigmaOptions, solve_sigma
 
-__all__ = ["solve", "CLOSURES", "distinct_inputs", "merge_rtol", "representatives", "expand"]
+__all__ = ["solve", "Closure", "CLOSURES", "make_options", "distinct_inputs", "merge_rtol", "representatives", "expand"]
 
-CLOSURES = ("g-only", "sigma")
 EXACT_RTOL = 1e-12          # rounding-level ties: merged by every solver
 
 
-def merge_rtol(closure: str, opts: dict) -> float:
-    """τ: inputs within relative distance τ are merged (module docstring). sigma: 0.01·tol, G-only: 1e-12."""
-    if closure == "sigma":
-        from .sigma import DEFAULT_TOL
-        tol = opts.get("tol", DEFAULT_TOL)
-        if isinstance(tol, (int, float, np.integer, np.floating)) and not isinstance(tol, bool) and tol > 0:
-            return max(EXACT_RTOL, 0.01 * float(tol))
-    return EXACT_RTOL
+@dataclass(frozen=True)
+class Closure:
+    """A theory: ``solve(net, depth_model=..., **fields of options_type)`` and its frozen options dataclass."""
+
+    name: str
+    solve: Callable[..., KernelResult]
+    options_type: type
+
+
+CLOSURES: dict[str, Closure] = {c.name: c for c in (Closure("g-only", solve_gonly, GOnlyOptions),
+                                                    Closure("sigma", solve_sigma, SigmaOptions))}
+
+
+def _closure(name) -> Closure:
+    if not isinstance(name, str) or name not in CLOSURES:
+        raise InputError(f"closure: must be one of {', '.join(CLOSURES)}, got {name!r}")
+    return CLOSURES[name]
+
+
+def make_options(closure: str, options=None, **opts):
+    """The validated options of ``closure``: ``options`` (an instance of its options type, or None for the
+    defaults) with the fields ``opts`` replaced. InputError ``<closure> option '<name>': unknown (allowed: ...)``
+    for a name that is not a field, or naming the option whose value is refused."""
+    c = _closure(closure)
+    fields = [f.name for f in dataclasses.fields(c.options_type)]
+    for name in opts:
+        if name not in fields:
+            raise InputError(f"{closure} option {name!r}: unknown (allowed: {', '.join(fields)})")
+    if options is None:
+        return c.options_type(**opts)
+    if not isinstance(options, c.options_type):
+        raise InputError(f"options: must be a {c.options_type.__name__} for closure {closure!r}, "
+                         f"got {type(options).__name__}")
+    return dataclasses.replace(options, **opts)
+
+
+def merge_rtol(closure: str, opts) -> float:
+    """τ: inputs within relative distance τ are merged (module docstring). sigma: 0.01·tol, G-only: 1e-12.
+    ``opts``: the closure's validated options."""
+    return max(EXACT_RTOL, 0.01 * opts.tol) if closure == "sigma" else EXACT_RTOL
 
 
 def distinct_inputs(K: np.ndarray, rtol: float = EXACT_RTOL) -> np.ndarray:
@@ -63,30 +104,31 @@ def expand(arr: np.ndarray, rep: np.ndarray) -> np.ndarray:
     return arr[(slice(None),) + np.ix_(*[rep] * (arr.ndim - 1))]
 
 
-def _solve_distinct(net: Network, closure: str, depth_model: str, **opts) -> KernelResult:
-    if closure == "g-only":
-        from .gonly import solve_gonly
-        return solve_gonly(net, depth_model=depth_model, **opts)
-    from .sigma import solve_sigma
-    if np.linalg.eigvalsh(net.K_in)[0] <= 1e-12 * np.trace(net.K_in):
+def _solve_distinct(net: Network, closure: str, depth_model: str, opts) -> KernelResult:
+    if closure == "sigma" and np.linalg.eigvalsh(net.K_in)[0] <= 1e-12 * np.trace(net.K_in):
         raise InputError("K_in: the sigma theory needs linearly independent inputs (identical inputs are merged "
                          "automatically; other singular input kernels are not supported)")
-    return solve_sigma(net, depth_model=depth_model, **opts)
+    return CLOSURES[closure].solve(net, depth_model=depth_model, **dataclasses.asdict(opts))
 
 
-def solve(net: Network, closure: str, depth_model: str = "continuous", **opts) -> KernelResult:
-    """Solve the theory named by ``closure`` ("g-only" or "sigma"); ``opts`` go to the solver.
+def solve(net: Network, closure: str, depth_model: str = "continuous", options=None, **opts) -> KernelResult:
+    """Solve the theory named by ``closure`` (a key of :data:`CLOSURES`: "g-only" or "sigma").
 
-    Nearly identical inputs are merged first (module docstring); meta then has ``merged_inputs`` (rep[a] for
-    every input) and ``merge_rtol`` (τ).
+    ``depth_model``: "continuous" or "discrete" (checked here, for every closure). ``options``: the closure's
+    options dataclass (:class:`~.gonly.GOnlyOptions`, :class:`~.sigma.SigmaOptions`) or None for the defaults;
+    ``opts``: fields of it to set (``tol=1e-4``); see :func:`make_options`. Nearly identical inputs are merged first
+    (module docstring); meta then has ``merged_inputs`` (rep[a] for every input) and ``merge_rtol`` (τ).
     """
-    if closure not in CLOSURES:
-        raise InputError(f"closure: must be one of {', '.join(CLOSURES)}, got {closure!r}")
+    if not isinstance(net, Network):
+        raise InputError(f"net: must be a kerneleft Network, got {type(net).__name__}")
+    _closure(closure)
+    check_depth_model("depth_model", depth_model)
+    opts = make_options(closure, options, **opts)
     tau = merge_rtol(closure, opts)
     rep, first = representatives(net.K_in, tau)
     if first.size == net.P:
-        return _solve_distinct(net, closure, depth_model, **opts)
-    res = _solve_distinct(net.replace(K_in=net.K_in[np.ix_(first, first)]), closure, depth_model, **opts)
+        return _solve_distinct(net, closure, depth_model, opts)
+    res = _solve_distinct(net.replace(K_in=net.K_in[np.ix_(first, first)]), closure, depth_model, opts)
     arrays = {k: expand(v, rep) for k, v in res.arrays.items()}
     meta = dict(res.meta, config=net.to_dict(), merged_inputs=rep.tolist(), merge_rtol=tau)
     return KernelResult(res.t, arrays, {k: expand(v, rep) for k, v in res.se.items()}, meta)

@@ -1,4 +1,6 @@
-"""Resummed representation of the §6 response functionals R^{ab} (see :mod:`.sigma`): densities on planes.
+"""Resummed representation of the response functionals R^{ab} (:mod:`.sigma`): densities on planes.
+
+docs/sigma.md#representations.
 
 R^{num,ab}_t is a signed measure on ℝ^P with density r^{ab} obeying
 ``∂_t r^{ab} = ½ S̄:∂² r^{ab} + Σ_ef 𝒯[ab,ef] r^{ef} + ½ C_W (p_ab − F_ab) μ_t``, r(0) = 0.
@@ -25,6 +27,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from ..errors import InputError
+from ..pairs import pair_basis
 from ._sigma_march import layer_node, march
 
 __all__ = ["Plane", "planes", "plane_pairings", "MAX_P"]
@@ -56,10 +59,6 @@ class Plane(NamedTuple):
     g: np.ndarray
 
 
-def _pair_list(P: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.triu_indices(P)
-
-
 def _whitening(B: np.ndarray) -> np.ndarray:
     """A = U Λ^{1/2} with B = U Λ Uᵀ (principal axes), so that A Aᵀ = B; B (Q, Q) positive definite."""
     lam, U = np.linalg.eigh(B)
@@ -72,7 +71,8 @@ def _whitening(B: np.ndarray) -> np.ndarray:
 def planes(act, K: np.ndarray, n: int, box: float) -> list[Plane]:
     """Planes {c < d} (the line {0} if P = 1) for kernels K (T, P, P): n nodes per whitened axis on [−box, box)."""
     P = K.shape[-1]
-    a, b = _pair_list(P)
+    pb = pair_basis(P)
+    a, b = pb.a, pb.b
     all_axes = [(0,)] if P == 1 else [(c, d) for c in range(P) for d in range(c + 1, P)]
     owner = {r: next(i for i, ax in enumerate(all_axes) if {a[r], b[r]} <= set(ax)) for r in range(a.size)}
     h = 2.0 * box / n
@@ -110,7 +110,8 @@ def _factors(act, pl: Plane, K: np.ndarray) -> np.ndarray:
     K_oo − wᵀ M⁻¹ w, with w = G K_po and M = G K_pp Gᵀ (whitened, so a thin plane does not lose digits).
     """
     P = K.shape[-1]
-    a, b = _pair_list(P)
+    pb = pair_basis(P)
+    a, b = pb.a, pb.b
     ax = list(pl.axes)
     phi = act(pl.x)
     pos = {c: j for j, c in enumerate(ax)}
@@ -183,7 +184,8 @@ def plane_pairings(act, C_W: float, tg, pl: Plane):
     Cov_μ(p_p, p_r) at the layers.
     """
     P = tg.K.shape[-1]
-    a, b = _pair_list(P)
+    pb = pair_basis(P)
+    a, b = pb.a, pb.b
     Q = len(pl.axes)
     axes = tuple(range(-Q, 0))
     idx = "xy"[:Q]

@@ -1,4 +1,4 @@
-"""Hermite/Galerkin representation of the §6 response functionals R^{ab} (see :mod:`.sigma`), THEORY §6.
+"""Hermite/Galerkin representation of the response functionals R^{ab} (:mod:`.sigma`), docs/sigma.md#representations.
 
 ``R^{num,ab}_t(g) = Σ_β ω[ab, β] E_{μ_t}[∂^β g]`` over a set A of multi-indices β ∈ ℕ^P (total degree 1..D,
 or only degree 2 for the G-only "quadratic" sector). The heat flow transports E_{μ_t}[∂^β g] into itself, so only
@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..gaussian import diag_moments, pair_moments
+from ..pairs import pair_basis
 from .. import limits
 from ._sigma_march import layer_node, march
 
@@ -51,11 +52,11 @@ def covariance_blocks(K: np.ndarray, D: int) -> list[np.ndarray]:
 def derivative_table(act, K: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """Π[..., r, i] = E_{z~N(0,K)}[∂^{α_i}(φ(z_a) φ(z_b))] for pairs r = (a <= b); K (..., P, P), alphas (n, P)."""
     P = K.shape[-1]
-    a, b = np.triu_indices(P)
+    pb = pair_basis(P)
+    a, b, off = pb.a, pb.b, pb.off
     order = int(alphas.sum(axis=1).max())
     kd = np.diagonal(K, axis1=-2, axis2=-1)
     Dm = diag_moments(act, kd, order)                                            # (..., P, o+1)
-    off = a != b
     Mm = pair_moments(act, kd[..., a[off]], kd[..., b[off]], K[..., a[off], b[off]], order)  # (..., n_off, o+1, o+1)
     out = np.zeros(K.shape[:-2] + (a.size, alphas.shape[0]))
     mask = np.ones(P, dtype=bool)
@@ -93,9 +94,9 @@ def hermite_pairings(act, C_W: float, tg, truncations: list[list[int]]):
     """
     K = tg.K
     P = K.shape[-1]
-    a, b = np.triu_indices(P)
-    N, T, D = a.size, K.shape[0], max(max(d, default=0) for d in truncations)
-    mult = np.where(a == b, 1.0, 2.0)
+    pb = pair_basis(P)
+    a, b, mult = pb.a, pb.b, pb.mult
+    N, T, D = pb.N, K.shape[0], max(max(d, default=0) for d in truncations)
     A = np.concatenate([multi_indices(P, k) for k in range(1, D + 1)]) if D else np.zeros((0, P), dtype=int)
     nA = A.shape[0]
     limits.check_bytes("degree", 8.0 * T * (nA * nA + 2 * N * N * nA + 2 * N * nA),

@@ -1,4 +1,4 @@
-"""Time marching shared by the §6 solvers (see :mod:`.sigma`).
+"""Time marching shared by the sigma solvers (docs/sigma.md#equations) (see :mod:`.sigma`).
 
 ``u' = ℒ(t) u + f(t, u)`` with the exact flow of ℒ given by ``decay(i, j)`` (a multiplier, or None for ℒ = 0):
 - ``"rk4"`` (continuous depth): integrating-factor RK4, step h, nodes t_i = i h/2, stages at nodes 2n, 2n+1, 2n+1, 2n+2;

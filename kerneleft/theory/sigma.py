@@ -1,28 +1,33 @@
-"""Sigma-kernel theory (THEORY §6): the exact leading order in 1/n of E[G], n Cov[G], n Cov[Σ], n Cov[G, Σ].
+"""Sigma-kernel theory: the exact leading order in 1/n of E[G], n Cov[G], n Cov[Σ], n Cov[G, Σ] (docs/sigma.md).
 
-Derivation (ordered-pair sums §4; μ_t = N(0, K0(t)); ℒf = ½S̄:∂²f; p_ab = φ_aφ_b; q_ab = z_a z_b; 𝒯 = C_W J §5)
-1. Arrow structure. In the §6 W-equation only f's factor E_μ[∂_ab f] carries a source, so from W(0) = 0
+Derivation (docs/sigma.md#equations; ordered-pair sums, docs/model.md#tensor-conventions; μ_t = N(0, K0(t));
+ℒf = ½S̄:∂²f; p_ab = φ_aφ_b; q_ab = z_a z_b; 𝒯 = C_W J, docs/gonly.md#coefficients)
+1. Arrow structure (docs/sigma.md#arrow-structure). In the W-equation only f's factor E_μ[∂_ab f] carries a
+   source, so from W(0) = 0
        W(f, g) = Σ_ab ( E_μ[∂_ab f] R^{ab}(g) + R^{ab}(f) E_μ[∂_ab g] ),   R(0) = 0,
        dR^{ab}(g)/dt = R^{ab}(ℒg) + ½C_W [Cov_μ(p_ab, g) + W(p_ab, g)],
        W(p_ab, g) = Σ_gh ( 2J[ab,gh] R^{gh}(g) + Y[gh,ab] E_μ[∂_gh g] ),   Y[gh,ab] := R^{gh}(p_ab).
-   (In the Hermite form of §6, Ω_αβ = 0 unless |α| = 2 or |β| = 2: P(P+1)/2 functionals, no matrix.)
-2. m is slaved to R: m(f) = Σ_ab R^{ab}(∂_ab f) + ½ Σ_ab K1_ab E_μ[∂_ab f] (both sides solve the m-equation, as ℒ
-   commutes with ∂_ab). With f = p and I5:  dK1/dt = 𝒯K1 + C_W Tad,  Tad_cd = Σ_ab R^{ab}(∂_ab p_cd);
+   (In the Hermite form (docs/sigma.md#representations), Ω_αβ = 0 unless |α| = 2 or |β| = 2: P(P+1)/2
+   functionals, no matrix.)
+2. m is slaved to R (docs/sigma.md#slaved-m): m(f) = Σ_ab R^{ab}(∂_ab f) + ½ Σ_ab K1_ab E_μ[∂_ab f] (both sides
+   solve the m-equation, as ℒ commutes with ∂_ab). With f = p and I5 (docs/exact.md#identities):
+   dK1/dt = 𝒯K1 + C_W Tad,  Tad_cd = Σ_ab R^{ab}(∂_ab p_cd);
    R(0) = 0 gives K1(0) = 0 and K1'(0) = 0.
-3. R = R^num + Gaussian part, R^{ab}(g) = R^{num,ab}(g) + Σ_gh Ybar[ab,gh] E_μ[∂_gh g], where only the explicit
-   source drives R^num: dR^num(g)/dt = R^num(ℒg) + 𝒯R^num(g) + ½C_W Cov_μ(p, g). The rest is finite-dimensional,
+3. R = R^num + Gaussian part (docs/sigma.md#rnum), R^{ab}(g) = R^{num,ab}(g) + Σ_gh Ybar[ab,gh] E_μ[∂_gh g],
+   where only the explicit source drives R^num: dR^num(g)/dt = R^num(ℒg) + 𝒯R^num(g) + ½C_W Cov_μ(p, g). The rest is finite-dimensional,
    driven by Npp = R^num(p) and N2 = Σ_ab R^num,ab(∂_ab p):
        dYbar/dt = 𝒯Ybar + ½C_W Yᵀ,   Y = Npp + 2 Ybar Jᵀ,   Tad = N2 + 4H:Ybar,
        Nq := R^num(q): dNq/dt = 𝒯Nq + ½𝒯(K0∘K0) (Stein: Cov_μ(p, q) = J(K0∘K0)),   Z := R(q) = Nq + 2 Ybar,
        V4 = K0∘K0 + W(q,q) = K0∘K0 + 2(Z + Zᵀ),      K1 = m(q),
        n Cov[Σ] = Cov_μ(p,p) + 2JY + 2(JY)ᵀ,      n Cov[G, Σ] = (J(K0∘K0))ᵀ + 2Y + 2(JZ)ᵀ.
-   Four-index objects are N x N matrices over pairs r = (a <= b) (as in :mod:`.gonly`); an ordered sum over the
-   second slot gives the multiplicity m_s ∈ {1, 2}: Jp[r, s] = m_s J[r, s], Hp[r, p, s] = 4 m_p m_s H[r, p, s].
-4. Discrete depth (exact at O(1/n) for the depth-L net): the same with u_l → e^{εℒ}(u_l + ε u̇_l) (ℒ exact per
-   layer, K0 discrete) plus, from the second order of e^{εL_S} in δS = S − S̄, Ybar += ε²C_W²/8 · n Cov[Σ].
+   Four-index objects are N x N matrices over pairs r = (a <= b) (:mod:`kerneleft.pairs`); an ordered sum over the
+   second slot gives the multiplicity m_s ∈ {1, 2}: Jp[r, s] = m_s J[r, s], Hp[r, p, s] = 4 m_p m_s H[r, p, s], both
+   from :mod:`kerneleft.coefficients`, whose G-only transport matrix is the same operator: 𝒯 = C_W·Jp.
+4. Discrete depth (docs/sigma.md#discrete-depth; exact at O(1/n) for the depth-L net): the same with
+   u_l → e^{εℒ}(u_l + ε u̇_l) (ℒ exact per layer, K0 discrete) plus, from the second order of e^{εL_S} in δS = S − S̄, Ybar += ε²C_W²/8 · n Cov[Σ].
 5. Checks. R^num truncated to Hermite degree 2 ("quadratic": the G-only observables) has Npp = Nq Jᵀ and gives
-   exactly the §5 V4 equation (both depth models), with dK1/dt = 𝒯K1 + ½ℋ:(V4 − K0∘K0): G-only minus the
-   intra-neuron Wishart tadpole. Linear φ: p = q, Tad = 0: K1 = 0, V4 = the exact linear V4 (I4).
+   exactly the G-only V4 equation (docs/gonly.md#v4; both depth models), with dK1/dt = 𝒯K1 + ½ℋ:(V4 − K0∘K0):
+   G-only minus the intra-neuron Wishart tadpole. Linear φ: p = q, Tad = 0: K1 = 0, V4 = the exact linear V4 (I4).
 
 Representations of R^num, the only infinite-dimensional part:
 - ``degree="auto"``: marginal densities on coordinate planes, exact heat flow by FFT (:mod:`._sigma_grid`);
@@ -35,23 +40,25 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
+from ..coefficients import derivatives, hessian_pairs, jacobian_pairs
 from ..config import Network
-from ..kernel import K0_continuous, K0_discrete
+from ..kernel import K0_continuous, K0_discrete, check_depth_model
+from ..pairs import pair_basis
 from ..result import KernelResult, require_finite
 from ..tensors import circ
 from . import _sigma_grid, _sigma_hermite
 from ._sigma_march import layer_node, march
 from ..validate import check_int
-from .gonly import from_pairs, from_pairs4, to_pairs4
 from .. import limits
 from ..errors import ConvergenceError, InputError
 
-__all__ = ["solve_sigma", "TimeGrid", "time_grid", "Pairings", "grid_pairings", "hermite_pairings", "collective",
-           "assemble"]
+__all__ = ["SigmaOptions", "solve_sigma", "TimeGrid", "time_grid", "Pairings", "grid_pairings", "hermite_pairings",
+           "collective", "assemble"]
 
 _MIN_STEPS = 32          # RK4 steps over [0, T] at the coarsest level
 _GRID0 = {1: 96, 2: 48, 3: 48}
@@ -65,7 +72,7 @@ class TimeGrid(NamedTuple):
     """Coefficients at the nodes of the time marching (:mod:`._sigma_march`).
 
     scheme "rk4" (continuous): nodes t_i = i h/2, i = 0..2M, M = L·stride steps of size h = ε/stride.
-    scheme "euler" (discrete): nodes t_l = l ε, h = ε, stride = 1, K the discrete K0 (§4).
+    scheme "euler" (discrete): nodes t_l = l ε, h = ε, stride = 1, K the discrete K0 (docs/gonly.md#k0).
     K (nodes, P, P);  Jp (nodes, N, N);  Hp (nodes, N, N, N);  C4 (nodes, N, N) = K0∘K0 (pair basis).
     """
 
@@ -90,9 +97,11 @@ class Pairings(NamedTuple):
 def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
     """K0, Jp, Hp and K0∘K0 at the nodes: continuous (RK4, ``stride`` steps per layer) or discrete (per layer).
 
-    J[r, s] = ½E[∂_s p_r], H[r, p, s] = ¼E[∂_p∂_s p_r] (the §4 jacobian/hessian on pairs) from one engine call.
+    J[r, s] = ½E[∂_s p_r], H[r, p, s] = ¼E[∂_p∂_s p_r] (docs/gonly.md#coefficients) from one engine call:
+    :func:`kerneleft.coefficients.derivatives`, the source of the G-only 𝒯 = C_W·Jp and ℋ too.
     """
-    N = net.P * (net.P + 1) // 2
+    p = pair_basis(net.P)
+    N = p.N
     nodes = net.depth + 1 if depth_model == "discrete" else 2 * net.depth * stride + 1
     limits.check_bytes("depth", 8.0 * nodes * (net.P ** 2 + 3 * N ** 2 + 3 * N ** 3),
                        f"the sigma coefficients at {nodes} time nodes (depth = {net.depth})")
@@ -101,14 +110,8 @@ def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
     else:
         M = net.depth * stride
         K, scheme, h = K0_continuous(net.replace(depth=2 * M)), "rk4", net.T / M
-    a, b = np.triu_indices(net.P)
-    m = np.where(a == b, 1.0, 2.0)
-    alpha = np.eye(net.P, dtype=int)[a] + np.eye(net.P, dtype=int)[b]                    # ∂_ab as multi-indices
-    quartic = (alpha[:, None] + alpha[None, :]).reshape(-1, net.P)
-    d = _sigma_hermite.derivative_table(net.phi, K, np.concatenate([alpha, quartic]))   # E[∂^α p_r] (§4 engine)
-    J = 0.5 * d[..., :a.size]
-    H = 0.25 * d[..., a.size:].reshape(K.shape[:-2] + (a.size,) * 3)
-    return TimeGrid(scheme, h, stride, K, J * m, 4 * H * m[:, None] * m[None, :], to_pairs4(circ(K)))
+    d = derivatives(net.phi, K)
+    return TimeGrid(scheme, h, stride, K, jacobian_pairs(d), hessian_pairs(d), p.vec4(circ(K)))
 
 
 def grid_pairings(net: Network, tg: TimeGrid, n: int, box: float = _BOX) -> Pairings:
@@ -132,21 +135,23 @@ def hermite_pairings(net: Network, tg: TimeGrid, truncations: list[list[int]]) -
 def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """March (Ybar, Nq, k1) driven by the stage pairings; returns each at the layers: (L+1,N,N)², (L+1,N).
 
-    Discrete depth adds the exact O(ε²) term Ybar += ε² C_W²/8 · n Cov[Σ] per layer (module doc).
+    Module doc step 3 with 𝒯 = ``T`` = C_W·Jp and Tad = N2 + Hp:Ybar (docs/sigma.md#rnum). Discrete depth adds the
+    exact O(ε²) term Ybar += ε² C_W²/8 · n Cov[Σ] per layer (module doc).
     """
     C_W, N = net.C_W, tg.Jp.shape[-1]
     cut = [N * N, 2 * N * N]
 
     def f(n, s, i, y):
-        Yb, Nq, k1 = y[:cut[0]].reshape(N, N), y[cut[0]:cut[1]].reshape(N, N), y[cut[1]:]
-        Tr = C_W * tg.Jp[i]
-        Y = pr.Npp_st[n, s] + 2 * Yb @ tg.Jp[i].T
-        dYb = Tr @ Yb + 0.5 * C_W * Y.T
+        Ybar, Nq, k1 = y[:cut[0]].reshape(N, N), y[cut[0]:cut[1]].reshape(N, N), y[cut[1]:]
+        T = C_W * tg.Jp[i]
+        Y = pr.Npp_st[n, s] + 2 * Ybar @ tg.Jp[i].T
+        dYbar = T @ Ybar + 0.5 * C_W * Y.T
         if tg.scheme == "euler":
             JY = tg.Jp[i] @ Y
-            dYb = dYb + tg.h * C_W ** 2 / 8 * (pr.Cpp[n] + 2 * (JY + JY.T))
-        dk1 = Tr @ k1 + C_W * (pr.N2_st[n, s] + np.einsum("rps,ps->r", tg.Hp[i], Yb))
-        return np.concatenate([dYb.ravel(), (Tr @ Nq + 0.5 * Tr @ tg.C4[i]).ravel(), dk1]), ()
+            dYbar = dYbar + tg.h * C_W ** 2 / 8 * (pr.Cpp[n] + 2 * (JY + JY.T))
+        Tad = pr.N2_st[n, s] + np.einsum("rps,ps->r", tg.Hp[i], Ybar)
+        dk1 = T @ k1 + C_W * Tad
+        return np.concatenate([dYbar.ravel(), (T @ Nq + 0.5 * T @ tg.C4[i]).ravel(), dk1]), ()
 
     steps = pr.N2_st.shape[0]
     _, (y,) = march(f, None, np.zeros(cut[1] + N), steps, tg.h, tg.stride, tg.scheme, lambda l, u: (u,))
@@ -155,15 +160,15 @@ def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np
 
 def assemble(net: Network, tg: TimeGrid, pr: Pairings) -> dict[str, np.ndarray]:
     """K0, V4, K1, covSigma, covGSigma at the layers (shapes (L+1,P,P) and (L+1,P,P,P,P)); module doc step 3."""
-    Yb, Nq, k1 = collective(net, tg, pr)
+    Ybar, Nq, k1 = collective(net, tg, pr)
     lay = [layer_node(tg.scheme, tg.stride, l) for l in range(net.depth + 1)]
-    Jp, C4, P = tg.Jp[lay], tg.C4[lay], net.P
-    Y = pr.Npp + 2 * Yb @ Jp.swapaxes(-1, -2)
-    Z = Nq + 2 * Yb
+    Jp, C4, p = tg.Jp[lay], tg.C4[lay], pair_basis(net.P)
+    Y = pr.Npp + 2 * Ybar @ Jp.swapaxes(-1, -2)
+    Z = Nq + 2 * Ybar
     JY, JZ = Jp @ Y, Jp @ Z
-    return {"K0": tg.K[lay], "V4": from_pairs4(C4 + 2 * (Z + Z.swapaxes(-1, -2)), P), "K1": from_pairs(k1, P),
-            "covSigma": from_pairs4(pr.Cpp + 2 * (JY + JY.swapaxes(-1, -2)), P),
-            "covGSigma": from_pairs4((Jp @ C4).swapaxes(-1, -2) + 2 * Y + 2 * JZ.swapaxes(-1, -2), P)}
+    return {"K0": tg.K[lay], "V4": p.mat4(C4 + 2 * (Z + Z.swapaxes(-1, -2))), "K1": p.mat(k1),
+            "covSigma": p.mat4(pr.Cpp + 2 * (JY + JY.swapaxes(-1, -2))),
+            "covGSigma": p.mat4((Jp @ C4).swapaxes(-1, -2) + 2 * Y + 2 * JZ.swapaxes(-1, -2))}
 
 
 def _rel_change(new: dict, old: dict) -> float:
@@ -239,11 +244,40 @@ def _grid(net: Network, depth_model: str, n0: int, s0: int, first: int, levels: 
     return arrays, history, tg
 
 
+@dataclass(frozen=True)
+class SigmaOptions:
+    """Options of :func:`solve_sigma`, validated on construction (InputError naming the option).
+
+    degree : "auto" (plane-grid resummation refined to ``tol``), "quadratic" or an int D >= 1 (Hermite degree D).
+    tol : relative change of V4 and K1 at which "auto" stops refining, in [1e-10, 0.5].
+    grid : a fixed plane grid (>= 4 nodes per axis) instead of the refinement; None: refine.
+    substeps : RK4 steps per layer at the first level (>= 1); None: 32 steps over [0, T] at least.
+    max_levels : refinement levels of "auto" (>= 2).
+    """
+
+    degree: str | int = "auto"
+    tol: float = DEFAULT_TOL
+    grid: int | None = None
+    substeps: int | None = None
+    max_levels: int = _MAX_LEVELS
+
+    def __post_init__(self):
+        if self.degree != "auto":
+            _degrees(self.degree)
+        object.__setattr__(self, "tol", limits.check_tolerance("tol", self.tol, _TOL_MIN, _TOL_MAX))
+        for name, minimum in (("grid", 4), ("substeps", 1)):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))
+        object.__setattr__(self, "max_levels", check_int("max_levels", self.max_levels, 2))
+
+
 def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", tol: float = DEFAULT_TOL, *,
                 grid: int | None = None, substeps: int | None = None, max_levels: int = _MAX_LEVELS) -> KernelResult:
-    """Sigma-kernel theory (§6) on t = net.t: arrays K0, K1 (L+1,P,P), V4, covSigma, covGSigma (L+1,P,P,P,P).
+    """Sigma-kernel theory on t = net.t: arrays K0, K1 (L+1,P,P), V4, covSigma, covGSigma (L+1,P,P,P,P).
 
-    depth_model : "continuous" (the §6 ODEs) or "discrete" (the exact O(1/n) layer recursion of the depth-L net).
+    depth_model : "continuous" (the ODEs of docs/sigma.md#equations) or "discrete" (the exact O(1/n) layer
+    recursion of the depth-L net, docs/sigma.md#discrete-depth).
+    The options are those of :class:`SigmaOptions`:
     degree : "auto" — plane-grid resummation (P <= 3), refined (grid ×1.5 and, if continuous, RK4 steps ×1.5)
         until V4 and K1 change by < ``tol`` (in [1e-10, 0.5]) relative; ConvergenceError (with the achieved change)
         if ``max_levels`` levels or the time limit do not suffice. With ``grid`` given: that fixed grid.
@@ -254,11 +288,10 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
     substeps/1.5, or Hermite degree D−2), converged (auto only, always True), levels (auto history), seconds.
     docs/sigma.md#representations, #convergence; docs/numerics.md#ill-conditioned, #overflow.
     """
-    if depth_model not in ("continuous", "discrete"):
-        raise InputError(f"depth_model: must be 'continuous' or 'discrete', got {depth_model!r}")
-    tol = limits.check_tolerance("tol", tol, _TOL_MIN, _TOL_MAX)
-    s0 = check_int("substeps", substeps, 1) if substeps is not None else -(-_MIN_STEPS // net.depth)
-    max_levels = check_int("max_levels", max_levels, 2)
+    check_depth_model("depth_model", depth_model)
+    opts = SigmaOptions(degree, tol, grid, substeps, max_levels)
+    degree, tol, grid, max_levels = opts.degree, opts.tol, opts.grid, opts.max_levels
+    s0 = opts.substeps if opts.substeps is not None else -(-_MIN_STEPS // net.depth)
     limits.check_result("depth", (net.depth + 1) * (3 * net.P ** 4 + 2 * net.P ** 2),
                         f"the sigma result over depth = {net.depth} layers")
     t0 = time.perf_counter()
@@ -270,8 +303,7 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
             raise InputError(f"K_in: degree='auto' supports P <= {_sigma_grid.MAX_P} inputs, got P = {net.P} "
                              "(use an integer degree)")
         elif grid is not None:                     # fixed grid: this level and the one below for the estimate
-            n = check_int("grid", grid, 4)
-            arrays, history, tg = _grid(net, depth_model, n, s0, -1, 2, None, t0)
+            arrays, history, tg = _grid(net, depth_model, grid, s0, -1, 2, None, t0)
             meta.update(representation="grid", truncation={"grid": history[-1]["grid"], "substeps": tg.stride,
                                                            "box": _BOX},
                         error_estimate=history[-1]["change"],
