@@ -272,7 +272,8 @@ def sweep(sweep_file, out, scheduler, workers):
 
 
 @cli.command()
-@click.option("--quick", is_flag=True, help="Small ensembles (< 2 min on 2 cores) instead of the full run.")
+@click.option("--quick", is_flag=True,
+              help="Small ensembles (about 2 min on 2 cores; the full run about 10 min) instead of the full run.")
 @click.option("--config", type=str, default=None,
               help="TOML config (default: the embedded tanh network with two inputs).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,

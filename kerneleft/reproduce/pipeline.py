@@ -53,7 +53,7 @@ __all__ = ["reproduce", "default_network", "resolve_network", "PLANS", "DEFAULT_
 
 #: Run sizes. ``samples``: networks per width (a multiple of ``batches``); ``diag_width``: the width whose
 #: diagnostics are shown at finite n (figure k1_source, the diagnostics' own validity windows). Sampling cost grows
-#: with width × samples (quick: 170 s CPU, 2.5 min wall on 2 busy cores; full: 8 × its sampling).
+#: with width × samples (quick: 170 s CPU, 2.5 min wall on 2 busy cores; full: 8 × its sampling, 10.3 min wall).
 PLANS: dict[str, dict[str, Any]] = {
     "full": {"widths": (32, 64, 128), "samples": 1 << 20, "batches": 16, "diag_width": 128},
     "quick": {"widths": (32, 64, 128), "samples": 1 << 17, "batches": 16, "diag_width": 128},
