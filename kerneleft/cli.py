@@ -80,6 +80,16 @@ def _as_options(*arguments: str):
         raise InputError(f"{_option(field)}:{rest}") from None
 
 
+def _span(v) -> str:
+    """A truncation value for the summary: a run of consecutive degrees ``[1, ..., 38]`` as ``1..38``."""
+    if isinstance(v, list):
+        if not v:
+            return "none"
+        if len(v) > 2 and v == list(range(v[0], v[-1] + 1)):
+            return f"{v[0]}..{v[-1]}"
+    return str(v)
+
+
 def _summary(res, names=("K0",)) -> str:
     lines = [f"depth grid: {len(res.t)} points, t in [0, {res.t[-1]:g}]"]
     for n in names:
@@ -87,7 +97,8 @@ def _summary(res, names=("K0",)) -> str:
             a = np.asarray(res[n])
             lines.append(f"{n}[t=T] = {np.array2string(a[-1], precision=5, max_line_width=120)}")
     if res.meta.get("error_estimate") is not None:       # sigma: relative change of V4, K1 at the last refinement
-        ref = ", ".join(f"{k} {v}" for k, v in res.meta.get("error_estimate_from", {}).items()) or "the last refinement"
+        ref = ", ".join(f"{k} {_span(v)}" for k, v in res.meta.get("error_estimate_from", {}).items()) \
+            or "the last refinement"
         lines.append(f"error estimate: {res.meta['error_estimate']:.2g} (relative change of V4, K1 from {ref})")
     return "\n".join(lines)
 
