@@ -20,7 +20,7 @@ import numpy as np
 from scipy import special
 
 __all__ = ["pair_linear", "diag_linear", "pair_relu", "diag_relu", "pair_erf", "diag_erf", "pair_sin", "diag_sin",
-           "bivariate_origin_hermite"]
+           "bivariate_origin_hermite", "block_det", "geometric_mean"]
 
 _PHI0 = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -176,6 +176,13 @@ def _two_product(a, b):
     return p, np.where(np.isfinite(e), e, 0.0)
 
 
+def geometric_mean(k11, k22):
+    """√(k11·k22), as √k11·√k22 when the product could overflow (entries beyond 1e150)."""
+    if max(np.max(k11, initial=0.0), np.max(k22, initial=0.0)) > 1e150:
+        return np.sqrt(k11) * np.sqrt(k22)
+    return np.sqrt(k11 * k22)
+
+
 def block_det(k11, k22, k12):
     """det = k11·k22 − k12² >= 0 of the floating-point entries to a few ulp of det itself (not of k11·k22).
 
@@ -195,7 +202,7 @@ def pair_relu(k11, k22, k12, order):
     entry is accurate relative to itself as |ρ| -> 1 (no 1 − ρ or arccos ρ cancellations).
     """
     k11, k22, k12 = _broadcast(k11, k22, k12)
-    s = np.sqrt(k11) * np.sqrt(k22) if max(k11.max(initial=0.0), k22.max(initial=0.0)) > 1e150 else np.sqrt(k11 * k22)
+    s = geometric_mean(k11, k22)
     det = block_det(k11, k22, k12)
     c = np.sqrt(det)
     theta = np.where(s > 0, np.arctan2(c, k12), 0.5 * np.pi)

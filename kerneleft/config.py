@@ -20,14 +20,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from .activations import Activation, get_activation
 from .errors import InputError
+from .result import MAX_KERNEL
 
 __all__ = ["Network", "load_config", "network_from_dict", "read_toml", "input_kernel", "check_kernel", "MAX_KERNEL",
            "MAX_CONFIG_BYTES"]
 
 _PSD_RTOL = 1e-10
 _SYM_RTOL = 1e-12
-MAX_KERNEL = 1e150
-"""Largest allowed |K_in| entry: V4 = n Cov[G] grows like K_in², which must stay finite in float64."""
 MAX_CONFIG_BYTES = 256 * 2 ** 20
 """Largest config file read: a larger one is not a config (e.g. /dev/zero) and is refused unread."""
 

@@ -168,7 +168,8 @@ def extrapolate_K1(results) -> KernelResult:
 
     ``results``: sampler KernelResults (same net, distinct ``meta['width']``) with ``K1`` and its ``se``.
     Returns a KernelResult with arrays ``K1`` (the n → ∞ limit) and ``K1_slope`` (c), each with ``se``, and meta
-    ``widths``, ``chi2`` (weighted residual over a <= b) and ``dof``. Entries whose SE is 0 at every width (l = 0 for
+    ``widths``, ``chi2`` (weighted residual over a <= b and all layers) and ``dof``, and ``chi2_T``, ``dof_T`` the same
+    at the last layer (layers are strongly correlated: K1 is a running sum over depth). Entries whose SE is 0 at every width (l = 0 for
     the drift estimator) are exact: fitted unweighted, reported with SE 0.
     """
     results = list(results)
@@ -181,4 +182,6 @@ def extrapolate_K1(results) -> KernelResult:
                         se={"K1": fit.se[0], "K1_slope": fit.se[1]},
                         meta={"kind": "extrapolation", "widths": [float(n) for n in widths],
                               "chi2": float(p.vec(fit.chi2).sum()),
-                              "dof": int(p.vec(fit.dof).sum())})
+                              "dof": int(p.vec(fit.dof).sum()),
+                              "chi2_T": float(p.vec(fit.chi2[-1]).sum()),
+                              "dof_T": int(p.vec(fit.dof[-1]).sum())})

@@ -37,7 +37,7 @@ import operator
 import numpy as np
 
 from . import _gauss_quad
-from ._gauss_closed import block_det
+from ._gauss_closed import block_det, geometric_mean
 from .activations import Activation, get_activation
 from .errors import InputError
 from .pairs import pair_basis
@@ -77,15 +77,8 @@ def _block(k11, k22, k12):
     return k11, k22, _clip_psd("k12", k11, k22, k12)
 
 
-def _geometric_mean(k11, k22):
-    """√(k11·k22), as √k11·√k22 when the product could overflow (entries beyond 1e150)."""
-    if max(np.max(k11, initial=0.0), np.max(k22, initial=0.0)) > 1e150:
-        return np.sqrt(k11) * np.sqrt(k22)
-    return np.sqrt(k11 * k22)
-
-
 def _clip_psd(name, k11, k22, k12):
-    s = _geometric_mean(k11, k22)
+    s = geometric_mean(k11, k22)
     if np.any(np.abs(k12) > s * (1 + _PSD_SLACK) + 1e-300):
         raise InputError(f"{name}: not positive semi-definite (|K_ab| > sqrt(K_aa K_bb) for some pair a, b)")
     return np.clip(k12, -s, s)

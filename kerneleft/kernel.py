@@ -6,16 +6,14 @@ at which it overflowed (docs/numerics.md#overflow), without RuntimeWarnings.
 from __future__ import annotations
 
 import numpy as np
-from scipy.integrate import solve_ivp
 
 from .config import Network
 from .errors import ConvergenceError, InputError
 from .gaussian import F
 from .limits import Budget, check_result
-from .result import KernelResult
+from .result import KernelResult, overflow_error
 
-__all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel", "DEPTH_MODELS", "check_depth_model", "overflow_error",
-           "solve_ode"]
+__all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel", "DEPTH_MODELS", "check_depth_model", "solve_ode"]
 
 _HUGE = 1e300           # a kernel entry beyond this overflows at the next step (or inside F)
 
@@ -25,11 +23,6 @@ def S_bar(net: Network, K: np.ndarray) -> np.ndarray:
     return net.C_W * F(net.phi, K) + net.C_b
 
 
-def overflow_error(t: float, what: str = "the kernel K0") -> InputError:
-    """The InputError for a kernel that leaves float64 by depth t (docs/numerics.md#overflow)."""
-    return InputError(f"T: {what} overflows float64 by t = {t:.3g}; reduce T, C_W or the scale of K_in")
-
-
 def solve_ode(rhs, y0: np.ndarray, T: float, what: str, option: str, **kwargs):
     """``solve_ivp(rhs, (0, T), y0, method="DOP853", **kwargs)`` that fails loudly, without RuntimeWarnings.
 
@@ -37,6 +30,8 @@ def solve_ode(rhs, y0: np.ndarray, T: float, what: str, option: str, **kwargs):
     1e300): the solver only evaluates states within its error tolerance of the solution, so the kernel itself does;
     ConvergenceError naming ``what``, the solver's message and ``option`` if it fails otherwise.
     """
+    from scipy.integrate import solve_ivp          # here, not at import: keeps `kerneleft --help` fast
+
     class Overflow(Exception):
         pass
 

@@ -14,9 +14,11 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["KernelResult", "to_jsonable", "write_json", "first_nonfinite", "require_finite"]
+__all__ = ["KernelResult", "to_jsonable", "write_json", "first_nonfinite", "require_finite", "overflow_error",
+           "MAX_KERNEL"]
 
-_HUGE = 1e150                  # beyond this, products of entries overflow float64
+MAX_KERNEL = 1e150
+"""Largest kernel entry kept: beyond it, products of entries (V4 = n Cov[G] ~ G²) overflow float64."""
 
 
 @dataclass
@@ -73,6 +75,11 @@ def first_nonfinite(a: np.ndarray) -> tuple[int, ...] | None:
     return tuple(int(i) for i in np.unravel_index(int(np.argmin(np.isfinite(a))), a.shape))
 
 
+def overflow_error(t: float, what: str = "the kernel K0") -> InputError:
+    """The InputError for a kernel that leaves float64 by depth t (docs/numerics.md#overflow)."""
+    return InputError(f"T: {what} overflows float64 by t = {t:.3g}; reduce T, C_W or the scale of K_in")
+
+
 def require_finite(res: KernelResult, what: str = "the kernel") -> KernelResult:
     """``res`` if every array is finite; else InputError ``T: <what> (<array>) overflows float64 by t = ...``
     (``K_in: ...`` when already at t = 0).
@@ -88,12 +95,12 @@ def require_finite(res: KernelResult, what: str = "the kernel") -> KernelResult:
             continue
         t = float(res.t[idx[0]]) if np.ndim(arr) >= 1 and len(res.t) == np.shape(arr)[0] else float(res.t[-1])
         huge = max(float(np.max(np.abs(a), where=np.isfinite(a), initial=0.0)) for a in arrays.values())
-        if not (np.isinf(arr).any() or huge > _HUGE):
+        if not (np.isinf(arr).any() or huge > MAX_KERNEL):
             raise RuntimeError(f"{name}: non-finite entry at t = {t:.3g} while every finite entry is below "
                                f"{huge:.3g} (not an overflow)")
         if t == 0:
             raise InputError(f"K_in: {what} ({name}) overflows float64 already at t = 0; rescale K_in")
-        raise InputError(f"T: {what} ({name}) overflows float64 by t = {t:.3g}; reduce T, C_W or the scale of K_in")
+        raise overflow_error(t, f"{what} ({name})")
     return res
 
 

@@ -22,14 +22,13 @@ import numpy as np
 
 from .config import Network
 from .gaussian import F
-from .kernel import overflow_error
+from .result import MAX_KERNEL, overflow_error
 from .validate import check_int, check_positive
 from .errors import InputError
 
 __all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step", "gonly_chain", "check_layer",
            "wishart_identity"]
 
-_HUGE = 1e150           # beyond this, second moments of G (V4 = n Cov[G]) overflow float64
 
 
 def psd_factor(S: np.ndarray) -> np.ndarray:
@@ -44,7 +43,7 @@ def psd_factor(S: np.ndarray) -> np.ndarray:
 def check_layer(net: Network, l: int, G_l: np.ndarray, *more: np.ndarray) -> None:
     """InputError naming T (docs/numerics.md#overflow) if layer l's sampled G (or another array of that layer) is
     not finite, or G is beyond 1e150, where the second moments that make V4 = n Cov[G] overflow float64."""
-    if not (all(np.isfinite(a).all() for a in (G_l, *more)) and np.abs(G_l).max() <= _HUGE):
+    if not (all(np.isfinite(a).all() for a in (G_l, *more)) and np.abs(G_l).max() <= MAX_KERNEL):
         raise overflow_error(net.t[l], "the network's kernel G")
 
 

@@ -255,28 +255,23 @@ def text_not(pattern_ok):
         lambda s: not pattern_ok(s))
 
 
-def _is_int(s: str) -> bool:
-    try:
-        int(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+def _parses(cast):
+    """Predicate: the text converts with ``cast`` (int or float)."""
+    def ok(s: str) -> bool:
+        try:
+            cast(s)
+            return True
+        except ValueError:
+            return False
+    return ok
 
 
 def int_below(minimum: int):
-    return st.one_of(st.integers(max_value=minimum - 1).map(str), text_not(_is_int))
+    return st.one_of(st.integers(max_value=minimum - 1).map(str), text_not(_parses(int)))
 
 
 bad_positive = st.one_of(st.sampled_from(["nan", "inf", "-inf", "0", "-0.0"]),
-                         st.floats(max_value=0.0, allow_nan=False).map(repr), text_not(_is_float))
+                         st.floats(max_value=0.0, allow_nan=False).map(repr), text_not(_parses(float)))
 bad_seed = st.one_of(int_below(0), st.integers(min_value=2 ** 63).map(str))
 bad_workers = st.one_of(int_below(1), st.integers(10 ** 4, 10 ** 9).map(str))
 
@@ -284,7 +279,7 @@ OPTIONS = {   # command -> option -> strategy of invalid values (each alone make
     "kernel": {"--depth-model": text_not(lambda s: s in ("discrete", "continuous"))},
     "theory": {"--closure": text_not(lambda s: s in ("g-only", "sigma")),
                "--depth-model": text_not(lambda s: s in ("discrete", "continuous")),
-               "--degree": text_not(lambda s: s in ("auto", "quadratic") or (_is_int(s) and int(s) >= 1)),
+               "--degree": text_not(lambda s: s in ("auto", "quadratic") or (_parses(int)(s) and int(s) >= 1)),
                "--tol": bad_positive, "--rtol": bad_positive, "--atol": bad_positive},
     "simulate": {"--width": st.one_of(int_below(1), st.integers(10 ** 10, 10 ** 15).map(str)),
                  "--samples": st.one_of(int_below(MIN_COV_SAMPLES), st.integers(10 ** 14, 10 ** 18).map(str)),

@@ -86,6 +86,8 @@ class Extrapolated:
     K1_slope_se: np.ndarray
     K1_chi2: float
     K1_dof: int
+    K1_chi2_T: float
+    K1_dof_T: int
     V4: np.ndarray
     V4_se: np.ndarray
     V4_chi2: float
@@ -382,7 +384,7 @@ def extrapolate(K0: np.ndarray, ensembles: Mapping[int, KernelResult], k1x: Kern
     g = extrapolate_width(widths, [K0 + ensembles[n]["K1"] / n for n in widths],
                           [ensembles[n].se["K1"] / n for n in widths])
     return Extrapolated(k1x["K1"], k1x.se["K1"], k1x["K1_slope"], k1x.se["K1_slope"], k1x.meta["chi2"],
-                        k1x.meta["dof"], v4.value, v4.value_se, float(v4.chi2.sum()), int(v4.dof.sum()),
+                        k1x.meta["dof"], k1x.meta["chi2_T"], k1x.meta["dof_T"], v4.value, v4.value_se, float(v4.chi2.sum()), int(v4.dof.sum()),
                         V4_cv.value, V4_cv.se, g.value, g.value_se, float(g.chi2.sum()),
                         int(g.dof.sum()))
 
@@ -505,16 +507,6 @@ def _k1_source_finding(src: K1Source) -> K1SourceFinding:
                            float(zc[j]), float(np.max(np.abs(src.z_exact))), abs(float(zc[j])) > Z_CRIT)
 
 
-def _k1_chi2_final(a: Analysis) -> tuple[float, int]:
-    """χ² and dof of the K1 width extrapolation at t = T over the entries a <= b (the χ² summed over layers counts
-    strongly correlated layers: K1 is a running sum over depth)."""
-    ext = a.extrapolated
-    i, j = pair_basis(a.P).a, pair_basis(a.P).b
-    chi2 = sum(np.sum(((e["K1"][-1] - ext.K1[-1] - ext.K1_slope[-1] / n)[i, j] / e.se["K1"][-1][i, j]) ** 2)
-               for n, e in a.ensembles.items())
-    return float(chi2), int(i.size * (len(a.widths) - 2))
-
-
 def _k1_finding(a: Analysis) -> K1Finding:
     ext, cmp_ = a.extrapolated, a.comparisons["K1"]["gonly"]
     gk = a.theory.gonly_discrete["K1"]
@@ -523,7 +515,7 @@ def _k1_finding(a: Analysis) -> K1Finding:
     sim = ext.K1[kidx]
     return K1Finding(k, float(gk[kidx]), float(sim), float(ext.K1_se[kidx]),
                      float(gk[kidx] / sim) if sim != 0 else None, float(cmp_.z[kidx]), cmp_.max_abs_z,
-                     ext.K1_chi2, ext.K1_dof, *_k1_chi2_final(a),
+                     ext.K1_chi2, ext.K1_dof, ext.K1_chi2_T, ext.K1_dof_T,
                      a.validity.windows[a.validity.threshold]["gonly"]["K1"], cmp_.max_abs_z > Z_CRIT)
 
 

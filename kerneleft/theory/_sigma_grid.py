@@ -24,7 +24,6 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-from scipy.interpolate import CubicSpline
 
 from ..errors import InputError
 from ..pairs import pair_basis
@@ -40,15 +39,14 @@ _WZ = np.exp(-0.5 * _Z ** 2) * (_Z[1] - _Z[0]) / np.sqrt(2.0 * np.pi)
 class Plane(NamedTuple):
     """One coordinate plane (or line) with its whitened grid.
 
-    axes : (Q,) global coordinates of the plane, Q = 1 or 2.   A : (Q, Q) with A Aᵀ = K_T (plane block);
-    G = A⁻¹.   y : (Q, *grid) whitened node coordinates, x = A y : (Q, *grid) the nodes in the plane.
+    axes : (Q,) global coordinates of the plane, Q = 1 or 2.   G = A⁻¹ with A Aᵀ = K_T (the plane block).
+    y : (Q, *grid) whitened node coordinates, x = A y : (Q, *grid) the nodes in the plane.
     k : Q arrays broadcastable to the rfftn spectrum (angular wavenumbers in y); kd : the same, Nyquist zeroed.
     dV : cell volume in y.   targets : pair numbers r = (c <= d) whose pairings are read on this plane.
     g : (n_targets, *grid) test functions p_r = φ(x_c) φ(x_d).
     """
 
     axes: tuple
-    A: np.ndarray
     G: np.ndarray
     y: np.ndarray
     x: np.ndarray
@@ -89,7 +87,7 @@ def planes(act, K: np.ndarray, n: int, box: float) -> list[Plane]:
         pos = {c: j for j, c in enumerate(axes)}
         phi = act(x)
         g = np.stack([phi[pos[a[r]]] * phi[pos[b[r]]] for r in targets])
-        out.append(Plane(axes, A, np.linalg.inv(A), y, x, tuple(kj.reshape(shape(j)) for j, kj in enumerate(k)),
+        out.append(Plane(axes, np.linalg.inv(A), y, x, tuple(kj.reshape(shape(j)) for j, kj in enumerate(k)),
                          tuple(kj.reshape(shape(j)) for j, kj in enumerate(kd)), h ** Q, targets, g))
     return out
 
@@ -99,6 +97,8 @@ def _smoothed(act, m: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]
     lo, hi = float(m.min()) - 1.0, float(m.max()) + 1.0
     size = max(4 * np.sqrt(m.size), 4 * (hi - lo) / max(sigma, 1e-12))
     tab = np.linspace(lo, hi, int(np.clip(size, 64, 20000)))
+    from scipy.interpolate import CubicSpline               # at first use: keeps importing the CLI fast
+
     f = act(tab[:, None] + sigma * _Z)
     return CubicSpline(tab, f @ _WZ)(m), CubicSpline(tab, (f * f) @ _WZ)(m)
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.interpolate import BarycentricInterpolator
 
 from ..coefficients import Coefficients, coefficients, local_coefficients, source, tadpole, transport_matrix
 from ..config import Network
@@ -28,6 +28,9 @@ from ..limits import Budget, check_bytes, check_result, check_tolerance
 from ..result import KernelResult, require_finite
 from ..pairs import pair_basis
 from ..tensors import circ
+
+if TYPE_CHECKING:
+    from scipy.interpolate import BarycentricInterpolator
 from ..validate import check_positive
 
 __all__ = ["GOnlyOptions", "solve_gonly"]
@@ -67,6 +70,8 @@ def _lobatto(m: int, T: float) -> np.ndarray:
 def _interpolant(t: np.ndarray, y: np.ndarray) -> BarycentricInterpolator:
     w = (-1.0) ** np.arange(t.size)
     w[[0, -1]] *= 0.5
+    from scipy.interpolate import BarycentricInterpolator     # at first use: keeps importing the CLI fast
+
     return BarycentricInterpolator(t, y, axis=0, wi=w)
 
 
