@@ -21,7 +21,7 @@ Gaussian integration by parts onto Hermite polynomials. Optionally pass exact de
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
@@ -89,8 +89,7 @@ class Activation:
         # Registered activations pickle by name (their lambdas do not pickle); user ones by value.
         if REGISTRY.get(self.name) is self:
             return get_activation, (self.name,)
-        return Activation, (self.name, self.phi, self.smooth, self.derivs, self.pair_closed, self.diag_closed,
-                            self.profile)
+        return Activation, tuple(getattr(self, f.name) for f in fields(self))
 
 
 REGISTRY: dict[str, Activation] = {}

@@ -23,11 +23,11 @@ simulated quantity at that layer, and required to exceed the threshold by two st
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .coefficients import coefficients, tadpole
+from .coefficients import Coefficients, coefficients, tadpole
 from .config import Network
 from .kernel import S_bar
 from .pairs import pair_basis
@@ -39,7 +39,8 @@ from .ensemble import batch_seeds
 from .estimators import MIN_COV_SAMPLES
 from .theory import expand, representatives, solve
 
-__all__ = ["diagnose", "closure_terms", "validity_window", "relative_error", "TERMS"]
+__all__ = ["diagnose", "closure_terms", "closure_coefficients", "ClosureCoefficients", "validity_window",
+           "relative_error", "TERMS"]
 
 TERMS = ("transport", "source", "eps2")
 
@@ -63,17 +64,40 @@ def _propagate(A: np.ndarray, d: np.ndarray) -> np.ndarray:
     return r
 
 
-def closure_terms(net: Network, width: int, stats: KernelResult) -> dict[str, np.ndarray]:
+class ClosureCoefficients(NamedTuple):
+    """What :func:`closure_terms` needs of K0 alone (the same for every batch of one net): ``c`` the coefficients
+    at K0 (L+1 layers), ``S_bar`` S̄(K0) (L+1, P, P), and for the K1 closure the distinct inputs (``rep``,
+    ``first``, :func:`kerneleft.theory.representatives`) with the coefficients ``c_distinct`` on them."""
+
+    c: Coefficients
+    S_bar: np.ndarray
+    rep: np.ndarray
+    first: np.ndarray
+    c_distinct: Coefficients
+
+
+def closure_coefficients(net: Network, K0: np.ndarray) -> ClosureCoefficients:
+    """The K0-only part of :func:`closure_terms`; K0 (L+1, P, P). ℋ is ±inf between identical inputs, so the K1
+    closure uses the distinct inputs (merged as in the theory)."""
+    rep, first = representatives(net.K_in)
+    c = coefficients(net, K0)
+    cd = c if first.size == net.P else coefficients(net, K0[:, first][:, :, first])
+    return ClosureCoefficients(c, S_bar(net, K0), rep, first, cd)
+
+
+def closure_terms(net: Network, width: int, stats: KernelResult,
+                  coeffs: ClosureCoefficients | None = None) -> dict[str, np.ndarray]:
     """All closure diagnostics (docs/failure.md#validity-window) from one ensemble's statistics (a result of
     :func:`kerneleft.ensemble.simulate`).
 
     Returns full tensors on l = 0..L: transport_exact/closure (L+1,P,P,P,P), source_exact (L+1,P,P,P,P),
     k1_source_exact/closure/mismatch (L+1,P,P), v4_residual and v4_residual_<term> (L+1,P,P,P,P), and the
-    simulated G_mean, V4, K1 (copied).
+    simulated G_mean, V4, K1 (copied). ``coeffs``: :func:`closure_coefficients` of ``stats["K0"]`` (computed here
+    if not given; pass it to reuse it over batches).
     """
     p, eps, n = pair_basis(net.P), net.eps, width
     K0 = stats["K0"]
-    c = coefficients(net, K0)
+    c, S_bar_K0, rep, first, cd = closure_coefficients(net, K0) if coeffs is None else coeffs
     V = p.vec4(stats["V4"])
     ES = net.C_W * stats["Sigma_mean"] + net.C_b
     C = net.C_W * stats["covGSigma"]                                    # n Cov[G_ab, S_cd]
@@ -82,9 +106,8 @@ def closure_terms(net: Network, width: int, stats: KernelResult) -> dict[str, np
     VT = V @ np.swapaxes(c.T, -1, -2)                                   # V4 𝒯ᵀ, (L+1, N, N)
     source_exact = box(stats["G_mean"], ES) + _pair_rearrange(C) / n
     source_closure = box(K0, p.mat(c.S_bar))
-    k1_exact = n * (ES - S_bar(net, K0))
-    rep, first = representatives(net.K_in)           # ℋ is ±inf between identical inputs: merge them (as theory)
-    cd, pd = coefficients(net, K0[:, first][:, :, first]), pair_basis(first.size)
+    k1_exact = n * (ES - S_bar_K0)
+    pd = pair_basis(first.size)
     sub = (slice(None),) + np.ix_(*[first] * 4)
     k1_closure = expand(pd.mat(np.einsum("lpq,lq->lp", cd.T, pd.vec(stats["K1"][:, first][:, :, first]))
                                + tadpole(cd, pd.vec4(stats["V4"][sub]))), rep)
@@ -175,7 +198,8 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
         raise InputError(f"ensemble: must hold >= 2 independent batches, got {len(ensemble)}")
     elif any(b.meta.get("width") != width for b in ensemble):
         raise InputError(f"ensemble: every batch must be simulated at width {width}")
-    per = [closure_terms(net, width, b) for b in ensemble]
+    coeffs = closure_coefficients(net, ensemble[0]["K0"])      # K0 is the discrete K0 of net in every batch
+    per = [closure_terms(net, width, b, coeffs) for b in ensemble]
     B = len(per)
     mean = {k: np.mean([p[k] for p in per], axis=0) for k in per[0]}
     se = {k: np.std([p[k] for p in per], axis=0, ddof=1) / np.sqrt(B) for k in per[0]}
@@ -192,7 +216,8 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
     arrays = dict(mean, source_closure=box(th.K0, S_bar(net, th.K0)), K0=th.K0, V4_gonly=th.V4, K1_gonly=th.K1)
     meta = {"kind": "diagnostics", "closure": "g-only", "width": width,
             "samples": int(sum(b.meta["samples"] for b in ensemble)), "seed": seed,
-            "method": ensemble[0].meta["method"], "pool": ensemble[0].meta.get("pool"), "batches": B, "threshold": threshold, "config": net.to_dict(),
+            "method": ensemble[0].meta["method"], "pool": ensemble[0].meta.get("pool"), "batches": B,
+            "threshold": threshold, "config": net.to_dict(),
             "v4_residual_by_term": by_term, "v4_residual_by_term_se": by_term_se,
             "validity_window": window, "relative_error": rel, "samples_requested": samples,
             "interrupted": interrupted}

@@ -80,6 +80,11 @@ def merge_rtol(closure: str, opts) -> float:
 def distinct_inputs(K: np.ndarray, rtol: float = EXACT_RTOL) -> np.ndarray:
     """rep[a] = index into the distinct inputs of input a; a, b count as identical iff
     |K_aa − K_bb| <= rtol·K_bb and |K_ab − K_bb| <= rtol·K_bb (b the first input of its class)."""
+    return representatives(K, rtol)[0]
+
+
+def representatives(K: np.ndarray, rtol: float = EXACT_RTOL) -> tuple[np.ndarray, np.ndarray]:
+    """(rep, first): rep = :func:`distinct_inputs`, first[j] = the first input of class j (its representative)."""
     P = K.shape[0]
     rep, firsts = np.empty(P, dtype=int), []
     for a in range(P):
@@ -90,13 +95,7 @@ def distinct_inputs(K: np.ndarray, rtol: float = EXACT_RTOL) -> np.ndarray:
         else:
             rep[a] = len(firsts)
             firsts.append(a)
-    return rep
-
-
-def representatives(K: np.ndarray, rtol: float = EXACT_RTOL) -> tuple[np.ndarray, np.ndarray]:
-    """(rep, first): rep = :func:`distinct_inputs`, first[j] = the first input of class j (its representative)."""
-    rep = distinct_inputs(K, rtol)
-    return rep, np.array([np.flatnonzero(rep == j)[0] for j in range(rep.max() + 1)])
+    return rep, np.array(firsts)
 
 
 def expand(arr: np.ndarray, rep: np.ndarray) -> np.ndarray:
