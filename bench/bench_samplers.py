@@ -64,7 +64,7 @@ def main():
     n, samples = 256, 20000
     t, c, r = _best_of({"base": lambda: baseline_normals_phi(NET, n, samples),
                         "cond": lambda: simulate(NET, n, samples, seed=1, progress=False),
-                        "cond2": lambda: simulate(NET, n, samples, seed=1, workers=2, progress=False)}, repeat=2)
+                        "cond2": lambda: simulate(NET, n, samples, seed=1, pool=2, progress=False)}, repeat=2)
     same = all(np.array_equal(r["cond"][k], r["cond2"][k]) for k in r["cond"].arrays)
     print(f"baseline normals+tanh {t['base']:.2f} s (cpu {c['base']:.2f}), conditional simulate {t['cond']:.2f} s "
           f"(cpu {c['cond']:.2f}), 2 workers {t['cond2']:.2f} s (bit-identical to 1 worker: {same})")

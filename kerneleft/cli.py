@@ -120,7 +120,8 @@ def kernel(config, depth_model, json_out):
     check_output_file("--json", json_out)
     from .kernel import kernel as kernel_api
 
-    res = kernel_api(net, depth_model=depth_model)
+    with _as_options("depth_model"):
+        res = kernel_api(net, depth_model=depth_model)
     write_json(res, json_out)
     click.echo(_summary(res))
 
@@ -147,7 +148,9 @@ def _theory_options(closure: str, flags: dict) -> dict:
 @click.option("--closure", type=click.Choice(list(CLOSURES)), required=True,
               help="g-only: the paper's closure (docs/gonly.md#coefficients); "
                    "sigma: the sigma-kernel theory (docs/sigma.md#equations).")
-@click.option("--depth-model", type=click.Choice(list(DEPTH_MODELS)), default="continuous", show_default=True)
+@click.option("--depth-model", type=click.Choice(list(DEPTH_MODELS)), default=None,
+              help="continuous: the ODEs; discrete: the depth-L recursions [default: continuous; discrete for an MLP, "
+                   "which has no continuous model].")
 @click.option("--degree", type=str, default=None,
               help="sigma only: 'auto' (plane-grid resummation, refined to --tol; the default), an integer D "
                    "(Hermite/Galerkin truncation at total degree D) or 'quadratic'.")
@@ -165,8 +168,11 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
     with _as_options(*_THEORY_FLAGS):
         options = make_options(closure, **_theory_options(closure, {"degree": degree, "tol": tol, "rtol": rtol,
                                                                      "atol": atol}))
+    if depth_model is None:
+        depth_model = "continuous" if net.residual else "discrete"
     check_output_file("--json", json_out)
-    res = solve(net, closure=closure, depth_model=depth_model, options=options)
+    with _as_options("depth_model"):
+        res = solve(net, closure=closure, depth_model=depth_model, options=options)
     write_json(res, json_out)
     click.echo(_summary(res, ("K0", "K1")))
 

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .activations import Activation, get_activation
+from .branch import ARCHITECTURES, branch_to_dicts, default_branch, is_default, kernel_map, parse_branch
 from .errors import InputError
 from .result import MAX_KERNEL
 
@@ -145,11 +146,13 @@ class Network(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, extra="forbid")
 
     activation: Any
-    C_W: float
+    C_W: float | None = None
     C_b: float = 0.0
-    T: float
+    T: float | None = None
     depth: int
     K_in: Any
+    architecture: str = "resnet"
+    branch: Any = None
 
     def __init__(self, **fields):
         try:
@@ -192,8 +195,40 @@ class Network(BaseModel):
         K.setflags(write=False)
         return K
 
+    @model_validator(mode="before")
+    @classmethod
+    def _architecture(cls, d):
+        """``architecture`` and ``branch`` (docs/architectures.md#branches): with a branch, C_W and C_b are the last
+        dense layer's; without one, the default branch (phi, dense(C_W, C_b)). An MLP has no T (t[l] = l)."""
+        if not isinstance(d, dict):
+            return d
+        d = dict(d)
+        arch = d.get("architecture", "resnet")
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:
+            raise InputError(f"architecture: must be one of {', '.join(map(repr, ARCHITECTURES))}, got {arch!r}"[:200])
+        if d.get("branch") is not None:
+            for k in ("C_W", "C_b"):
+                if k in d:
+                    raise InputError(f"{k}: not allowed together with branch (give C_W, C_b on the dense layers)")
+            branch = parse_branch(d["branch"])
+            d["branch"] = branch
+            d["C_W"], d["C_b"] = branch[-1].C_W, branch[-1].C_b
+        elif "C_W" not in d:
+            raise InputError("C_W: required field is missing (or give a branch)")
+        if arch == "mlp" and d.get("T") is not None:
+            raise InputError("T: must be absent for architecture = 'mlp' (an MLP's depth grid is t[l] = l)")
+        if arch == "resnet" and d.get("T") is None:
+            raise InputError("T: required field is missing")
+        return d
+
     @model_validator(mode="after")
     def _step(self):
+        if self.branch is None:
+            object.__setattr__(self, "branch", default_branch(self.C_W, self.C_b))
+        elif not is_default(self.branch):
+            kernel_map(self.branch, self.activation, self.K_in)      # a norm of a zero-variance input: InputError
+        if self.architecture == "mlp":
+            object.__setattr__(self, "T", float(self.depth))
         if self.T / self.depth < sys.float_info.min:
             raise InputError(f"T: the step T/depth = {self.T:g}/{self.depth} is below the smallest normal float64; "
                              f"increase T or reduce depth")
@@ -203,6 +238,11 @@ class Network(BaseModel):
     @property
     def phi(self) -> Activation:
         return self.activation
+
+    @property
+    def residual(self) -> bool:
+        """True for ``architecture = "resnet"`` (h + √ε branch(h)), False for an MLP (branch(h))."""
+        return self.architecture == "resnet"
 
     @property
     def P(self) -> int:
@@ -228,11 +268,20 @@ class Network(BaseModel):
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict that :func:`network_from_dict` maps back to an equal Network."""
-        return {"activation": self.activation.name, "C_W": self.C_W, "C_b": self.C_b, "T": self.T,
-                "depth": self.depth, "K_in": self.K_in.tolist()}
+        d = {"activation": self.activation.name}
+        if not self.residual:
+            d["architecture"] = self.architecture
+        if is_default(self.branch):
+            d.update(C_W=self.C_W, C_b=self.C_b)
+        else:
+            d["branch"] = branch_to_dicts(self.branch)
+        if self.residual:
+            d["T"] = self.T
+        d.update(depth=self.depth, K_in=self.K_in.tolist())
+        return d
 
 
-_KNOWN = {"activation", "C_W", "C_b", "T", "depth", "K_in", "inputs", "C_in", "C_b_in"}
+_KNOWN = {"activation", "C_W", "C_b", "T", "depth", "K_in", "inputs", "C_in", "C_b_in", "architecture", "branch"}
 
 
 def _one_line(err: ValidationError) -> str:

@@ -2,18 +2,33 @@
 
 Each closed term of the G-only closure (docs/gonly.md#coefficients) is evaluated on simulated statistics and set
 against its exact counterpart from the identities I1–I2 (docs/exact.md#identities), layer by layer
-(S = C_W Σ + C_b, 𝒯, ℋ at the discrete K0^l, n = width):
+(S = C_W Σ + C_b with Σ the Gram of the last dense layer's input, 𝒯, ℋ at the discrete K0^l, n = width):
 
 - transport:  n Cov[G_ab, S_cd] = C_W covGSigma   vs   Σ_ef V4[a,b,e,f] 𝒯[c,d,e,f]  (V4 simulated);
 - source:     E[G⊠S] = E[G]⊠E[S] + (1/n) R(n Cov[G,S])   vs   K0⊠S̄(K0);
-- K1 source:  n(E[S] − S̄(K0))   vs   𝒯K1 + ½ℋ:V4  (K1, V4 simulated; by I1 the left side drives K1 exactly);
+- K1 source:  n(E[S] − S̄(K0))   vs   𝒯K1 + ½ℋ:V4 + b  (K1, V4 simulated; by I1 the left side drives K1 exactly);
 - V4 residual: with d^l = (exact − closed) increment of I2 at layer l, split into the terms
   transport ε(nCov[G,S] + transpose − 𝒯V4 − V4𝒯ᵀ), source ε(E[G⊠S] − K0⊠S̄) and
-  eps2 ε²(n Cov[S] + E[S∘S] − 𝒯V4𝒯ᵀ − S̄∘S̄) (docs/failure.md#eps2), the residual is transported like V4:
+  eps2 ε²(n Cov[S] + E[S∘S] − 𝒯V4𝒯ᵀ − S̄∘S̄ − N) (docs/failure.md#eps2), the residual is transported like V4:
   r^{l+1} = (1+ε𝒯) r^l (1+ε𝒯)ᵀ + d^l, r^0 = 0. By I2, E[r^l] = E[V4_sim^l] − V4_gonly^l exactly (discrete
   G-only theory at the same L), so the terms split the whole V4 error; ``v4_unexplained`` = V4_sim − V4_gonly − r
   has mean zero (a bookkeeping check). At finite width every term also carries O(1/n) effects (the source term
   is nothing else: E[G⊠S] − K0⊠S̄ = O(1/n)); the closure error proper is what persists as n grows.
+
+A branch with inner dense layers (docs/architectures.md#gonly-branches): the closure is S ≈ S̄(G) plus the inner
+layers' own finite-width noise, whose n-scaled mean b = n(E[S|G] − S̄(G)) and covariance N = n Cov[S|G] the
+coefficients carry (``bias``, ``noise``; zero for the default branch): b enters the K1 source, N the eps2 term.
+
+An MLP (``net.residual`` False, docs/architectures.md#mlp) has G^{l+1} | S^l ~ Wishart_P(n, S^l)/n, so exactly
+E[G^{l+1}] = E[S^l] and n Cov[G^{l+1}] = E[S^l]∘E[S^l] + (1/n) R∘(n Cov[S^l]) + n Cov[S^l] (R∘: the circ
+rearrangement), while the closure steps V4^{l+1} = S̄(K0^l)∘S̄(K0^l) + 𝒯V4^l𝒯ᵀ + N and
+K1^{l+1} = 𝒯K1^l + ½ℋ:V4^l + b. Its terms (:data:`MLP_TERMS`, no eps2):
+
+- transport:  transport_exact = n Cov[S^l]   vs   transport_closure = 𝒯V4^l𝒯ᵀ + N  (V4 simulated);
+- source:     source_exact = E[S∘S] = E[S]∘E[S] + (1/n) R∘(n Cov[S])   vs   source_closure = S̄(K0)∘S̄(K0);
+- K1 source:  n(E[S^l] − S̄(K0^l)) (= K1^{l+1} exactly)   vs   𝒯K1^l + ½ℋ:V4^l + b;
+- V4 residual: d^l = (transport_exact − transport_closure) + (source_exact − source_closure), propagated as
+  r^{l+1} = 𝒯 r^l 𝒯ᵀ + d^l, r^0 = 0; again E[r^l] = E[V4_sim^l] − V4_gonly^l exactly.
 
 Standard errors: the samples are split into independent batches (separate seeds); every diagnostic is computed
 per batch and the batch spread gives its SE (batch means), so nonlinear and accumulated quantities get honest
@@ -40,9 +55,23 @@ from .estimators import MIN_COV_SAMPLES
 from .theory import expand, representatives, solve
 
 __all__ = ["diagnose", "closure_terms", "closure_coefficients", "ClosureCoefficients", "validity_window",
-           "relative_error", "TERMS"]
+           "relative_error", "terms", "source_closure", "TERMS", "MLP_TERMS"]
 
 TERMS = ("transport", "source", "eps2")
+"""Terms of the V4 residual of a resnet."""
+MLP_TERMS = ("transport", "source")
+"""Terms of the V4 residual of an MLP (no ε², docs/architectures.md#mlp)."""
+
+
+def terms(net: Network) -> tuple[str, ...]:
+    """The V4 residual's terms for ``net``: :data:`TERMS` (resnet) or :data:`MLP_TERMS` (MLP)."""
+    return TERMS if net.residual else MLP_TERMS
+
+
+def source_closure(net: Network, K0: np.ndarray) -> np.ndarray:
+    """The closed source at K0 (L+1, P, P): K0⊠S̄(K0) (resnet) or S̄(K0)∘S̄(K0) (MLP); (L+1, P, P, P, P)."""
+    Sbar = S_bar(net, K0)
+    return box(K0, Sbar) if net.residual else circ(Sbar)
 
 
 def _pair_rearrange(C: np.ndarray) -> np.ndarray:
@@ -88,12 +117,12 @@ def closure_coefficients(net: Network, K0: np.ndarray) -> ClosureCoefficients:
 def closure_terms(net: Network, width: int, stats: KernelResult,
                   coeffs: ClosureCoefficients | None = None) -> dict[str, np.ndarray]:
     """All closure diagnostics (docs/failure.md#validity-window) from one ensemble's statistics (a result of
-    :func:`kerneleft.ensemble.simulate`).
+    :func:`kerneleft.ensemble.simulate`); for an MLP the terms of the module docstring (docs/architectures.md#mlp).
 
     Returns full tensors on l = 0..L: transport_exact/closure (L+1,P,P,P,P), source_exact (L+1,P,P,P,P),
-    k1_source_exact/closure/mismatch (L+1,P,P), v4_residual and v4_residual_<term> (L+1,P,P,P,P), and the
-    simulated G_mean, V4, K1 (copied). ``coeffs``: :func:`closure_coefficients` of ``stats["K0"]`` (computed here
-    if not given; pass it to reuse it over batches).
+    k1_source_exact/closure/mismatch (L+1,P,P), v4_residual and v4_residual_<term> (L+1,P,P,P,P) for each of
+    :func:`terms`, and the simulated G_mean, V4, K1 (copied). ``coeffs``: :func:`closure_coefficients` of
+    ``stats["K0"]`` (computed here if not given; pass it to reuse it over batches).
     """
     p, eps, n = pair_basis(net.P), net.eps, width
     K0 = stats["K0"]
@@ -102,24 +131,31 @@ def closure_terms(net: Network, width: int, stats: KernelResult,
     ES = net.C_W * stats["Sigma_mean"] + net.C_b
     C = net.C_W * stats["covGSigma"]                                    # n Cov[G_ab, S_cd]
     CS = net.C_W ** 2 * stats["covSigma"]                               # n Cov[S]
-    Cp = p.vec4(C)
     VT = V @ np.swapaxes(c.T, -1, -2)                                   # V4 𝒯ᵀ, (L+1, N, N)
-    source_exact = box(stats["G_mean"], ES) + _pair_rearrange(C) / n
-    source_closure = box(K0, p.mat(c.S_bar))
+    TVT = c.T @ VT
+    noise = 0.0 if c.noise is None else c.noise                         # N = n Cov[S|G] of the inner layers
     k1_exact = n * (ES - S_bar_K0)
     pd = pair_basis(first.size)
     sub = (slice(None),) + np.ix_(*[first] * 4)
     k1_closure = expand(pd.mat(np.einsum("lpq,lq->lp", cd.T, pd.vec(stats["K1"][:, first][:, :, first]))
-                               + tadpole(cd, pd.vec4(stats["V4"][sub]))), rep)
-
+                               + tadpole(cd, pd.vec4(stats["V4"][sub])) + (0.0 if cd.bias is None else cd.bias)),
+                        rep)
     Sbar = p.mat(c.S_bar)
-    d = {"transport": eps * (Cp + np.swapaxes(Cp, -1, -2) - VT - np.swapaxes(VT, -1, -2)),
-         "source": eps * (p.vec4(source_exact - source_closure)),
-         "eps2": eps ** 2 * (p.vec4(CS + circ(ES) + _circ_rearrange(CS) / n - circ(Sbar))
-                             - c.T @ VT)}
-    A = np.eye(V.shape[-1]) + eps * c.T[:-1]
+    if net.residual:
+        Cp = p.vec4(C)
+        transport = (C, p.mat4(VT))
+        source_exact = box(stats["G_mean"], ES) + _pair_rearrange(C) / n
+        d = {"transport": eps * (Cp + np.swapaxes(Cp, -1, -2) - VT - np.swapaxes(VT, -1, -2)),
+             "source": eps * p.vec4(source_exact - box(K0, Sbar)),
+             "eps2": eps ** 2 * (p.vec4(CS + circ(ES) + _circ_rearrange(CS) / n - circ(Sbar)) - TVT - noise)}
+        A = np.eye(V.shape[-1]) + eps * c.T[:-1]
+    else:
+        transport = (CS, p.mat4(TVT + noise))
+        source_exact = circ(ES) + _circ_rearrange(CS) / n                    # E[S∘S]
+        d = {"transport": p.vec4(CS) - TVT - noise, "source": p.vec4(source_exact - circ(Sbar))}
+        A = c.T[:-1]
     r = {k: p.mat4(_propagate(A, v[:-1])) for k, v in d.items()}
-    out = {"transport_exact": C, "transport_closure": p.mat4(VT),
+    out = {"transport_exact": transport[0], "transport_closure": transport[1],
            "source_exact": source_exact, "k1_source_exact": k1_exact, "k1_source_closure": k1_closure,
            "k1_source_mismatch": k1_closure - k1_exact, "v4_residual": sum(r.values()),
            "G_mean": stats["G_mean"], "V4": stats["V4"], "K1": stats["K1"]}
@@ -173,9 +209,10 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
     :func:`kerneleft.ensemble.simulate` for this ``net`` and ``width``. Arrays (docs/reference.md#cli ``diagnose`` keys,
     each with ``se`` where simulated): transport_exact, transport_closure, source_exact, source_closure,
     k1_source_exact, k1_source_closure, k1_source_mismatch (closure − exact), v4_residual, v4_unexplained,
-    G_mean, V4, K1 (simulated), K0, V4_gonly, K1_gonly (discrete G-only theory). meta: v4_residual_by_term
-    (term -> array, and its ``_se``), validity_window (quantity -> t or None), relative_error (per layer),
-    samples (networks used), samples_requested, interrupted.
+    G_mean, V4, K1 (simulated), K0, V4_gonly, K1_gonly (discrete G-only theory); for an MLP the transport and
+    source pairs of the module docstring. meta: v4_residual_by_term (:func:`terms` -> array, and its ``_se``),
+    validity_window (quantity -> t or None), relative_error (per layer), samples (networks used),
+    samples_requested, interrupted.
 
     Ctrl-C/SIGTERM while simulating (docs/numerics.md#interrupts) stops the simulation and raises
     :class:`~kerneleft.errors.Interrupted`; once two batches hold networks its ``result`` is the diagnostics of
@@ -211,9 +248,9 @@ def diagnose(net: Network, width: int, samples: int, seed: int, threshold: float
     for q in ("V4", "K1"):
         window[q] = validity_window(net.t, th[q], mean[q], se[q], threshold)
         rel[q] = relative_error(th[q], mean[q])
-    by_term = {k: mean.pop(f"v4_residual_{k}") for k in TERMS}
-    by_term_se = {k: se.pop(f"v4_residual_{k}") for k in TERMS}
-    arrays = dict(mean, source_closure=box(th.K0, S_bar(net, th.K0)), K0=th.K0, V4_gonly=th.V4, K1_gonly=th.K1)
+    by_term = {k: mean.pop(f"v4_residual_{k}") for k in terms(net)}
+    by_term_se = {k: se.pop(f"v4_residual_{k}") for k in terms(net)}
+    arrays = dict(mean, source_closure=source_closure(net, th.K0), K0=th.K0, V4_gonly=th.V4, K1_gonly=th.K1)
     meta = {"kind": "diagnostics", "closure": "g-only", "width": width,
             "samples": int(sum(b.meta["samples"] for b in ensemble)), "seed": seed,
             "method": ensemble[0].meta["method"], "pool": ensemble[0].meta.get("pool"), "batches": B,

@@ -30,6 +30,8 @@ from .kernel import K0_discrete
 from .maps import as_map, describe, local_workers
 from .pairs import pair_basis
 from .result import KernelResult
+from .branch import inner_widths, is_default
+from .coefficients import coefficients, kernel_jacobian_fd, theory_supported
 from .samplers import conditional_paths, gonly_chain, weights_paths
 from .limits import check_bytes
 from .validate import check_int, check_positive
@@ -42,11 +44,28 @@ PathSampler = Callable  # f(net, width, size, rng) -> (G, Sigma), each (size, L+
 
 METHODS: dict[str, PathSampler] = {"conditional": conditional_paths, "weights": weights_paths,
                                    "g-only-chain": gonly_chain}
+def _dense_shapes(net: Network, n: int) -> list[tuple[int, int]]:
+    """(m_out, m_in) of every dense layer of the branch at width n (docs/architectures.md#samplers): the first
+    reads the residual stream (n), each later one the previous dense layer's output."""
+    outs = inner_widths(net.branch, n)
+    return list(zip(outs, [n] + outs[:-1]))
+
+
+def _max_width(net: Network, n: int) -> int:
+    """The widest neuron buffer (size, P, m) of a block: the stream n or an inner dense layer's output."""
+    return max(n, *inner_widths(net.branch, n))
+
+
+def _max_weights(net: Network, n: int) -> int:
+    """The largest weight matrix m_out·m_in of a block (n² for the default branch)."""
+    return max(m_out * m_in for m_out, m_in in _dense_shapes(net, n))
+
+
 _CHUNK_RULES: dict[str, Callable[[Network, int], int]] = {
-    # ~2^16 floats per (size, P, n) buffer: cache-resident, per-layer Python overhead amortised.
-    "conditional": lambda net, n: 2 ** 16 // (n * net.P),
-    # ~2^21 floats (16 MiB) for the (size, n, n) weight buffer.
-    "weights": lambda net, n: 2 ** 21 // (n * n),
+    # ~2^16 floats per (size, P, m) buffer, m the widest layer: cache-resident, per-layer overhead amortised.
+    "conditional": lambda net, n: 2 ** 16 // (_max_width(net, n) * net.P),
+    # ~2^21 floats (16 MiB) for the largest (size, m_out, m_in) weight buffer.
+    "weights": lambda net, n: 2 ** 21 // _max_weights(net, n),
 }
 _DEFAULT_CHUNK = 256
 _MAX_CHUNK = 1024
@@ -64,7 +83,8 @@ def get_method(name: str) -> PathSampler:
 
 
 def default_chunk_size(method: str, net: Network, width: int) -> int:
-    """Samples per chunk (the unit of seeding and reduction): a function of method, width and P only."""
+    """Samples per chunk (the unit of seeding and reduction): a function of method, width, P and the branch's
+    layer widths only (the default branch: of method, width and P)."""
     rule = _CHUNK_RULES.get(method)
     return _DEFAULT_CHUNK if rule is None else int(np.clip(rule(net, width), 1, _MAX_CHUNK))
 
@@ -78,12 +98,16 @@ def check_ensemble_size(net, method: str, width: int, samples: int, chunk_size: 
     """Refuse up front (InputError naming the argument, with the estimate) an ensemble whose memory would exceed
     :data:`kerneleft.limits.MAX_BYTES`: the neuron buffers of one chunk in each worker (width, chunk_size,
     workers), its (chunk, L+1, P, P) paths (depth), the per-layer moments of ``batches`` results (depth) and the
-    per-chunk bookkeeping (samples). The buffer sizes are those of :mod:`kerneleft.samplers`; ``name`` maps an
-    argument to the name reported (``lambda a: "--" + a`` for the CLI, ``"ensemble." + a`` for a sweep file).
+    per-chunk bookkeeping (samples). The buffer sizes are those of :mod:`kerneleft.samplers`, for the widest
+    layer m of the branch (inner widths, :func:`kerneleft.branch.inner_widths`) and its largest weight matrix;
+    ``name`` maps an argument to the name reported (``lambda a: "--" + a`` for the CLI, ``"ensemble." + a`` for a
+    sweep file).
     """
     chunk = min(chunk_size or default_chunk_size(method, net, width), samples)
     P, L1, d = net.P, net.depth + 1, net.P * (net.P + 1)
-    neurons = {"conditional": 4 * chunk * P * width, "weights": chunk * width * (width + 3 * P)}.get(method, 0)
+    m = _max_width(net, width)
+    neurons = {"conditional": 4 * chunk * P * m,
+               "weights": chunk * (_max_weights(net, width) + 3 * P * m)}.get(method, 0)
     what = f"one chunk of {chunk} networks of width {width}"
     check_bytes(name("chunk_size" if chunk_size else "width"), 8.0 * neurons, what)
     check_bytes(name("workers"), 8.0 * neurons * workers, f"{workers} workers, each holding {what}")
@@ -126,16 +150,23 @@ def chunk_statistics(sampler: PathSampler, net: Network, width: int, size: int,
     G, Sigma = sampler(net, width, size, np.random.default_rng(seed_seq))
     p = pair_basis(net.P)
     S = net.C_W * Sigma + net.C_b                                        # (size, L+1, P, P)
-    D = net.K_in + net.eps * np.cumsum(S[:, :-1], axis=1)                # D^1..D^L
-    Y = drift_control_variate(G, S, net.K_in, Tr, net.eps)
+    D = net.K_in + net.eps * np.cumsum(S[:, :-1], axis=1) if net.residual else S[:, :-1]   # D^1..D^L
+    Y = drift_control_variate(G, S, net.K_in, Tr, net.eps, net.residual)
     x = np.concatenate([p.vec(G), p.vec(Sigma)], axis=-1)               # (size, L+1, 2k)
     drift = np.concatenate([p.vec(D), p.vec(D - Y)], axis=-1)           # (size, L, 2k)
     return Partial(Moments.from_samples(x), Moments.from_samples(drift))
 
 
 def transport_ops(net: Network, K0: np.ndarray) -> np.ndarray:
-    """𝒯_k = C_W DF(K0^k) for k = 0..L−1 (docs/gonly.md#coefficients), (L, P,P,P,P)."""
-    return net.C_W * jacobian(net.phi, K0[:-1])
+    """𝒯_k = DS̄(K0^k) = C_W DF(K0^k) for k = 0..L−1 (docs/gonly.md#coefficients; a branch's jets,
+    docs/architectures.md#gonly-branches), (L, P,P,P,P) over ordered pairs. For a branch the theories do not support,
+    a finite-difference Jacobian of its kernel map: the control variate has mean zero for any operator
+    (docs/estimators.md#control-variate), a rougher one only makes it less effective."""
+    if is_default(net.branch):
+        return net.C_W * jacobian(net.phi, K0[:-1])
+    p = pair_basis(net.P)
+    T = coefficients(net, K0[:-1]).T if theory_supported(net.branch) else kernel_jacobian_fd(net, K0[:-1])
+    return np.ascontiguousarray(p.mat4(T / p.mult))     # contiguous: the workers' einsum rounds like the parent's
 
 
 def run_task(task: tuple) -> list[Partial]:

@@ -94,25 +94,32 @@ def merge(a: Moments, b: Moments) -> Moments:
     return Moments(n, mean, *(x + y for x, y in zip(pa, pb)))
 
 
-def drift_control_variate(G: np.ndarray, S: np.ndarray, K_in: np.ndarray, Tr: np.ndarray, eps: float) -> np.ndarray:
+def drift_control_variate(G: np.ndarray, S: np.ndarray, K_in: np.ndarray, Tr: np.ndarray, eps: float,
+                          residual: bool = True) -> np.ndarray:
     """Linear-response control variate Y^l (l = 1..L) for the drift integral D^l, with E[Y^l] = 0 exactly.
 
-    G, S (size, L+1, P, P) per network; Tr (L, P,P,P,P) the transport operators 𝒯_k = C_W DF(K0^k)
+    G, S (size, L+1, P, P) per network; Tr (L, P,P,P,P) the transport operators 𝒯_k = DS̄(K0^k)
     (docs/gonly.md#coefficients); see docs/estimators.md#control-variate.
     Built only from zero-mean pieces — δ^0 = G^0 − K_in (I3) and the martingale increments
     ΔM^k = G^{k+1} − G^k − ε S^k (I1; docs/exact.md#identities) — propagated linearly: δ^{k+1} = δ^k + ε𝒯_k δ^k + ΔM^k,
     Y^l = ε Σ_{k<l} 𝒯_k δ^k. Since D^l − E[D^l] ≈ ε Σ_{k<l} 𝒯_k (G^k − E G^k) to first order, D − Y keeps only the
-    nonlinear and not-slaved-to-G parts of the fluctuation of S. Returns (size, L, P, P).
+    nonlinear and not-slaved-to-G parts of the fluctuation of S. For an MLP (``residual=False``,
+    docs/architectures.md#mlp) D^l = S^{l−1}: ΔM^k = G^{k+1} − S^k, δ^{k+1} = 𝒯_k δ^k + ΔM^k, Y^l = 𝒯_{l−1}δ^{l−1}.
+    Returns (size, L, P, P).
     """
-    dM = G[:, 1:] - G[:, :-1] - eps * S[:, :-1]
+    dM = G[:, 1:] - G[:, :-1] - eps * S[:, :-1] if residual else G[:, 1:] - S[:, :-1]
     delta = G[:, 0] - K_in
     Y = np.empty_like(dM)
     acc = np.zeros_like(delta)
     for k in range(dM.shape[1]):
-        lin = eps * np.einsum("abcd,scd->sab", Tr[k], delta)
-        acc = acc + lin
-        Y[:, k] = acc
-        delta = delta + lin + dM[:, k]
+        if residual:
+            lin = eps * np.einsum("abcd,scd->sab", Tr[k], delta)
+            acc = acc + lin
+            Y[:, k] = acc
+            delta = delta + lin + dM[:, k]
+        else:
+            Y[:, k] = np.einsum("abcd,scd->sab", Tr[k], delta)
+            delta = Y[:, k] + dM[:, k]
     return Y
 
 

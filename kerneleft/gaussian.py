@@ -36,13 +36,14 @@ import operator
 
 import numpy as np
 
-from . import _gauss_quad
+from . import _gauss_four, _gauss_quad
 from ._gauss_closed import block_det, geometric_mean
 from .activations import Activation, get_activation
 from .errors import InputError
 from .pairs import pair_basis
 
-__all__ = ["block_det", "pair_moments", "diag_moments", "F", "jacobian", "hessian", "DF", "D2F", "derivative_moment"]
+__all__ = ["block_det", "pair_moments", "diag_moments", "F", "jacobian", "hessian", "DF", "D2F", "derivative_moment",
+           "mean", "pair_covariance"]
 
 _PSD_SLACK = 1e-8          # tolerated relative excess |k12| > sqrt(k11 k22) before a block is rejected
 
@@ -271,3 +272,36 @@ def derivative_moment(act, K, alpha):
     if supp.size == 1:
         out[..., e, e] = _diag(act, kd[..., e], n)[0][..., n]
     return out
+
+
+# ----------------------------------------------------------------------------------------------- one-point mean
+_MEAN_NODES = 200
+
+
+def mean(act, k):
+    """E[φ(u)], u ~ N(0, k); k shape S -> S (docs/architectures.md#kernel-maps). Gauss–Legendre on [−12σ, 0] and
+    [0, 12σ] (200 nodes each): exact to rounding for φ smooth on each half-line (relu's kink sits at 0); k = 0
+    gives φ(0)."""
+    act = get_activation(act)
+    k = _variance("k", k)
+    x, w = _gauss_quad._legendre(_MEAN_NODES)           # cached: leggauss(200) costs ~10 ms per call
+    y = 6.0 * (x + 1.0)                                  # [0, 12] standard deviations
+    w = 6.0 * w * np.exp(-0.5 * y ** 2) / math.sqrt(2.0 * math.pi)
+    s = np.sqrt(k)[..., None]
+    return (act.phi(s * y) @ w + act.phi(-s * y) @ w)
+
+
+# ----------------------------------------------------------------------------------------------- four-point vertex
+def pair_covariance(act, K, *, nodes=None, tol=_gauss_four.DEFAULT_TOL, method="auto"):
+    """C[..., r, s] = Cov_{x~N(0,K)}(φ(x_a)φ(x_b), φ(x_c)φ(x_d)) over the pairs r = (a, b), s = (c, d) of
+    :func:`~kerneleft.pairs.pair_basis`: the four-point vertex (n Cov[Σ] of n iid Gaussian neurons);
+    K (..., P, P) PSD -> (..., N, N), symmetric (docs/architectures.md#kernel-maps).
+
+    Closed forms for linear and sin, nested quadrature otherwise, error <= ``tol`` of max E[φ⁴] (ConvergenceError
+    if not reached: raise ``nodes``); ``method='quadrature'`` skips the closed forms. Method and guarantees:
+    :mod:`kerneleft._gauss_four`.
+    """
+    act, K = get_activation(act), _kernel(K)
+    E4 = _gauss_four.fourth_moments(act.phi, K, smooth=act.smooth, pair_closed=act.pair_closed, profile=act.profile,
+                                    nodes=nodes, tol=tol, method=method)
+    return _gauss_four.pair_covariance(E4, pair_basis(K.shape[-1]).vec(F(act, K)))

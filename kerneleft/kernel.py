@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from .branch import is_default, kernel_map
 from .config import Network
 from .errors import ConvergenceError, InputError
 from .gaussian import F
 from .limits import Budget, check_result
 from .result import KernelResult, overflow_error
 
-__all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel", "DEPTH_MODELS", "check_depth_model", "solve_ode"]
+__all__ = ["S_bar", "K0_discrete", "K0_continuous", "kernel", "DEPTH_MODELS", "check_depth_model", "check_continuous",
+           "solve_ode"]
 
 _HUGE = 1e300           # a kernel entry beyond this overflows at the next step (or inside F)
 
 
 def S_bar(net: Network, K: np.ndarray) -> np.ndarray:
-    """S̄(K) = C_W F(K) + C_b 11ᵀ (docs/model.md#network); K (..., P, P) -> (..., P, P)."""
-    return net.C_W * F(net.phi, K) + net.C_b
+    """S̄(K) = C_W F(K) + C_b 11ᵀ (docs/model.md#network), or the branch's kernel map
+    (docs/architectures.md#kernel-maps); K (..., P, P) -> (..., P, P)."""
+    if is_default(net.branch):
+        return net.C_W * F(net.phi, K) + net.C_b
+    return kernel_map(net.branch, net.phi, K)
 
 
 def solve_ode(rhs, y0: np.ndarray, T: float, what: str, option: str, **kwargs):
@@ -56,7 +61,8 @@ def solve_ode(rhs, y0: np.ndarray, T: float, what: str, option: str, **kwargs):
 
 
 def K0_discrete(net: Network) -> np.ndarray:
-    """K0^{l+1} = K0^l + ε S̄(K0^l), K0^0 = K_in (docs/gonly.md#k0); returns (L+1, P, P).
+    """K0^{l+1} = K0^l + ε S̄(K0^l) (resnet) or S̄(K0^l) (MLP, docs/architectures.md#mlp), K0^0 = K_in
+    (docs/gonly.md#k0); returns (L+1, P, P).
 
     InputError naming T at the first layer whose kernel is not finite (overflow); loops long enough to matter
     report progress or are refused (:class:`kerneleft.limits.Budget`, option ``depth``).
@@ -67,7 +73,7 @@ def K0_discrete(net: Network) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"), \
             Budget("depth", net.depth, f"K0 recursion over {net.depth} layers") as budget:
         for l in range(net.depth):
-            K[l + 1] = K[l] + net.eps * S_bar(net, K[l])
+            K[l + 1] = K[l] + net.eps * S_bar(net, K[l]) if net.residual else S_bar(net, K[l])
             if not np.isfinite(K[l + 1]).all() or np.abs(K[l + 1]).max() > _HUGE:
                 raise overflow_error(net.t[l + 1])
             budget.step(l + 1)
@@ -80,6 +86,7 @@ def K0_continuous(net: Network, rtol: float = 1e-10, atol: float = 1e-12) -> np.
     InputError naming T if K0 overflows before T; ConvergenceError if the ODE solver fails otherwise.
     """
     P = net.P
+    check_continuous(net)
     check_result("depth", (net.depth + 1) * P ** 2, f"the kernel over depth = {net.depth} layers")
 
     def rhs(_t, y):
@@ -93,6 +100,12 @@ def K0_continuous(net: Network, rtol: float = 1e-10, atol: float = 1e-12) -> np.
 DEPTH_MODELS = ("continuous", "discrete")
 """The depth models of every solver: the depth-time ODEs, or the depth-L network's layer recursion
 (docs/model.md#depth-grid)."""
+
+
+def check_continuous(net: Network) -> None:
+    """InputError naming depth_model for an MLP, whose depth is discrete (docs/architectures.md#mlp)."""
+    if not net.residual:
+        raise InputError("depth_model: an MLP (architecture = 'mlp') has only the 'discrete' depth model")
 
 
 def check_depth_model(name: str, value) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .branch import Dense, is_default, kernel_map, psd_factor, segments
 from .config import Network
 from .gaussian import F
 from .result import MAX_KERNEL, overflow_error
@@ -31,15 +32,6 @@ __all__ = ["psd_factor", "conditional_paths", "weights_paths", "block_law_step",
 
 
 
-def psd_factor(S: np.ndarray) -> np.ndarray:
-    """A with A Aᵀ = S for symmetric PSD S (..., P, P): batched Cholesky, eigh fallback if any S is singular."""
-    try:
-        return np.linalg.cholesky(S)
-    except np.linalg.LinAlgError:
-        lam, U = np.linalg.eigh(S)
-        return U * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
-
-
 def check_layer(net: Network, l: int, G_l: np.ndarray, *more: np.ndarray) -> None:
     """InputError naming T (docs/numerics.md#overflow) if layer l's sampled G (or another array of that layer) is
     not finite, or G is beyond 1e150, where the second moments that make V4 = n Cov[G] overflow float64."""
@@ -47,76 +39,62 @@ def check_layer(net: Network, l: int, G_l: np.ndarray, *more: np.ndarray) -> Non
         raise overflow_error(net.t[l], "the network's kernel G")
 
 
-def _phi_into(act, x: np.ndarray, out: np.ndarray) -> None:
-    """out[...] = φ(x), written in place when φ is a numpy ufunc."""
-    if isinstance(act.phi, np.ufunc):
-        act.phi(x, out=out)
-    else:
-        out[...] = act.phi(x)
+def _run_branch(net: Network, h: np.ndarray, rng: np.random.Generator, method: str) -> np.ndarray:
+    """The branch up to the input x (size, P, m) of its last dense layer, inner dense layers drawn by ``method``
+    (docs/architectures.md#samplers)."""
+    x = h
+    for layer in net.branch[:-1]:
+        x = layer.sample(x, act=net.phi, width=h.shape[-1], rng=rng, method=method)
+    return x
 
 
-def _record(buf: np.ndarray, P: int, n: int, G_l: np.ndarray, Sigma_l: np.ndarray) -> None:
-    """From buf (size, 2P, n) = [h; φ(h)] store G_l = hhᵀ/n and Sigma_l = φφᵀ/n, (size, P, P), in one matmul."""
-    gram = np.matmul(buf, buf.transpose(0, 2, 1))
-    gram *= 1.0 / n
-    G_l[...] = gram[:, :P, :P]
-    Sigma_l[...] = gram[:, P:, P:]
+def _gram(x: np.ndarray) -> np.ndarray:
+    g = np.matmul(x, x.transpose(0, 2, 1))
+    g *= 1.0 / x.shape[-1]
+    return g
 
 
-def _paths(net: Network, width: int, size: int, rng: np.random.Generator, increment) -> tuple:
-    """Shared layer loop: h^0 rows iid N(0, K_in) (docs/model.md#network); ``increment(h, phi, Sigma_l)`` adds
-    √ε Δ to h in place.
+def _paths(net: Network, width: int, size: int, rng: np.random.Generator, method: str) -> tuple:
+    """Shared layer loop (docs/model.md#network, docs/architectures.md#samplers): h^0 rows iid N(0, K_in); at each
+    layer G = hhᵀ/n and Σ = xxᵀ/m of the last dense layer's input x; then h += √ε dense(x) (resnet) or
+    h = dense(x) (MLP), the last dense layer drawn by ``method``.
 
-    InputError naming T at the first layer whose G leaves float64 (docs/numerics.md#overflow), no RuntimeWarnings.
+    For the default branch (phi, dense) G and Σ come from one Gram of [h; φ(h)]. InputError naming T at the first
+    layer whose G leaves float64 (docs/numerics.md#overflow), no RuntimeWarnings.
     """
     n, P, L = width, net.P, net.depth
     G = np.empty((size, L + 1, P, P))
     Sigma = np.empty((size, L + 1, P, P))
-    buf = np.empty((size, 2 * P, n))
-    h, phi = buf[:, :P], buf[:, P:]
-    h[...] = np.matmul(psd_factor(net.K_in), rng.standard_normal((size, P, n)))
-    with np.errstate(over="ignore", invalid="ignore"):
+    last = net.branch[-1]
+    h = np.matmul(psd_factor(net.K_in), rng.standard_normal((size, P, n)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for l in range(L + 1):
-            _phi_into(net.phi, h, phi)
-            _record(buf, P, n, G[:, l], Sigma[:, l])
+            x = _run_branch(net, h, rng, method)
+            if x.shape[-1] == n:
+                gram = _gram(np.concatenate([h, x], axis=1))
+                G[:, l], Sigma[:, l] = gram[:, :P, :P], gram[:, P:, P:]
+            else:
+                G[:, l], Sigma[:, l] = _gram(h), _gram(x)
             check_layer(net, l, G[:, l], Sigma[:, l])
             if l < L:
-                increment(h, phi, Sigma[:, l])
+                if net.residual:
+                    h += last.sample(x, width=n, rng=rng, method=method, scale=net.eps)
+                else:
+                    h = last.sample(x, width=n, rng=rng, method=method)
     return G, Sigma
 
 
 def conditional_paths(net: Network, width: int, size: int, rng: np.random.Generator):
-    """Exact sampler (docs/exact.md#conditional-gaussianity): ``h^{l+1} = h^l + √ε Z Aᵀ`` with
-    ``AAᵀ = S^l = C_W Σ^l + C_b 11ᵀ``; returns (G, Sigma), each (size, L+1, P, P). Cost O(size·n·P²) per block (the normals dominate)."""
-    P, n = net.P, width
-    Z = np.empty((size, P, n))
-    dh = np.empty((size, P, n))
-
-    def increment(h, _phi, Sigma_l):
-        A = psd_factor(net.eps * (net.C_W * Sigma_l + net.C_b))   # (size, P, P), A Aᵀ = ε S^l
-        rng.standard_normal(out=Z)
-        np.matmul(A, Z, out=dh)                                    # dh[s, a, i] = Σ_c A[s,a,c] Z[s,c,i]
-        h += dh
-
-    return _paths(net, width, size, rng, increment)
+    """Exact sampler (docs/exact.md#conditional-gaussianity): every dense layer's output drawn given its input x as
+    ``A Z`` with ``AAᵀ = C_W xxᵀ/m + C_b`` (times ε for the residual increment); returns (G, Sigma), each
+    (size, L+1, P, P). Cost O(size·width·P²) per dense layer (the normals dominate)."""
+    return _paths(net, width, size, rng, "conditional")
 
 
 def weights_paths(net: Network, width: int, size: int, rng: np.random.Generator):
-    """Reference (docs/model.md#network): ``h^{l+1}_i = h^l_i + √ε (Σ_j W_ij φ(h^l_j) + b_i)`` with explicit
-    ``W ~ N(0, C_W/n)`` (n x n) and ``b ~ N(0, C_b)``; returns (G, Sigma), each (size, L+1, P, P). Cost O(size·n²·P) per block."""
-    n = width
-    W = np.empty((size, n, n))
-    w_scale, b_scale, s = np.sqrt(net.C_W / n), np.sqrt(net.C_b), np.sqrt(net.eps)
-
-    def increment(h, phi, _Sigma_l):
-        rng.standard_normal(out=W)
-        b = rng.standard_normal((size, 1, n))
-        Delta = np.matmul(phi, W.transpose(0, 2, 1))               # Delta[s, a, i] = Σ_j W[s,i,j] φ[s,a,j]
-        Delta *= w_scale
-        Delta += b_scale * b
-        h += s * Delta
-
-    return _paths(net, width, size, rng, increment)
+    """Reference (docs/model.md#network): every dense layer with explicit ``W ~ N(0, C_W/fan_in)`` (m_out x m_in)
+    and ``b ~ N(0, C_b)``; returns (G, Sigma), each (size, L+1, P, P). Cost O(size·m_out·m_in·P) per dense layer."""
+    return _paths(net, width, size, rng, "weights")
 
 
 def wishart_identity(rng: np.random.Generator, dof: int, shape: tuple, P: int) -> np.ndarray:
@@ -172,22 +150,43 @@ def block_law_step(rng: np.random.Generator, G: np.ndarray, S: np.ndarray, width
     return G + np.sqrt(eps) * (X + X.swapaxes(-1, -2)) + eps * Q
 
 
+def _closure_sigma(net: Network, G: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Σ given G under the G-only closure (docs/architectures.md#gonly-branches): the first segment at its
+    infinite-width value X̄_1(G), the later layers drawn exactly on their round(ratio·n) neurons (conditional)."""
+    if is_default(net.branch):
+        return F(net.phi, G)
+    segs = segments(net.branch)
+    if len(segs) == 1:                                  # X̄_1 = the kernel map with the last layer C_W = 1, C_b = 0
+        return kernel_map(net.branch[:-1] + (Dense(1.0),), net.phi, G)
+    S1 = kernel_map(net.branch, net.phi, G, upto=1)
+    first = segs[0].dense
+    size, P = G.shape[0], G.shape[-1]
+    x = np.matmul(psd_factor(S1), rng.standard_normal((size, P, first.width(width))))
+    for layer in net.branch[segs[0].index + 1:-1]:
+        x = layer.sample(x, act=net.phi, width=width, rng=rng, method="conditional")
+    return _gram(x)
+
+
 def gonly_chain(net: Network, width: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The G-only collective chain (docs/gonly.md), a path sampler: returns G, Sigma, each (size, L+1, P, P).
 
     G^0 ~ Wishart_P(n, K_in)/n (I3, docs/exact.md#identities), drawn as one block-law step of length 1 from h = 0
-    with S = K_in;
-    then G^{l+1} = block-law step from (G^l, S̄(G^l)) and Sigma^l := F(G^l). Exact Markov chain of the closure at
-    width n, cost independent of n. InputError naming T if the chain overflows float64.
+    with S = K_in; then G^{l+1} = block-law step from (G^l, S^l) with S^l = C_W Σ^l + C_b and Σ^l = F(G^l) (the
+    closure), or for a branch Σ^l drawn by :func:`_closure_sigma`; an MLP's step is Wishart_P(n, S^l)/n
+    (docs/architectures.md#mlp). Exact Markov chain of the closure at width n, cost independent of n for the
+    default branch. InputError naming T if the chain overflows float64.
     """
     P, L = net.P, net.depth
     G = np.empty((size, L + 1, P, P))
     Sigma = np.empty_like(G)
-    G[:, 0] = block_law_step(rng, np.zeros((size, P, P)), np.broadcast_to(net.K_in, (size, P, P)), width, 1.0)
+    zero = np.zeros((size, P, P))
+    G[:, 0] = block_law_step(rng, zero, np.broadcast_to(net.K_in, (size, P, P)), width, 1.0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for l in range(L + 1):
             check_layer(net, l, G[:, l])
-            Sigma[:, l] = F(net.phi, G[:, l])
+            Sigma[:, l] = _closure_sigma(net, G[:, l], width, rng)
             if l < L:
-                G[:, l + 1] = block_law_step(rng, G[:, l], net.C_W * Sigma[:, l] + net.C_b, width, net.eps)
+                S = net.C_W * Sigma[:, l] + net.C_b
+                G[:, l + 1] = block_law_step(rng, G[:, l], S, width, net.eps) if net.residual else \
+                    block_law_step(rng, zero, S, width, 1.0)
     return G, Sigma

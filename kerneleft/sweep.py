@@ -7,6 +7,12 @@ optional ``[theory]`` table (``closures``, ``depth_model``, per-closure options)
 ensemble *cell*; each distinct config × closure × depth model is a theory *cell*. See README.md,
 "Sweeps and clusters".
 
+Architectures (docs/architectures.md#branches) sweep like any field: ``branch`` (a list of branches, each a list of
+layer tables) and ``architecture`` can be axes. A point's ``branch`` replaces the base's ``C_W``/``C_b`` (they
+describe the default branch only) and ``architecture = "mlp"`` drops the base's ``T`` (an MLP has none). An MLP has
+only the discrete depth model (docs/architectures.md#mlp): its theory cells are discrete whatever ``depth_model``
+lists.
+
 Every cell is identified by a hash of what determines its numbers (config, method, width, samples, seed, chunk
 size, or closure, depth model and options, plus the kerneleft version). A finished cell is written atomically to
 ``OUT/cells/<id>.json`` (the ``simulate``/``theory`` JSON contract plus a ``sweep`` provenance object holding the
@@ -38,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .reproduce.cache import atomic_write, reject
+from .branch import branch_to_dicts
 from .config import Network, network_from_dict, read_toml
 from .distributed import local_cluster, require
 from .ensemble import check_ensemble_size, default_chunk_size, get_method, simulate
@@ -72,7 +79,10 @@ COLUMNS = {
     "samples": "networks in the ensemble (null for theory)",
     "seed": "root seed (null for theory)",
     "chunk_size": "samples per seeded chunk (null for theory)",
-    "activation": "config: activation", "C_W": "config: C_W", "C_b": "config: C_b", "T": "config: T",
+    "activation": "config: activation", "architecture": "config: 'resnet' or 'mlp'",
+    "branch": "config: the branch as JSON (list of layer tables; the default branch written out)",
+    "C_W": "config: C_W (of the branch's last dense layer)", "C_b": "config: C_b (of the branch's last dense layer)",
+    "T": "config: T (null for an MLP)",
     "depth": "config: number of blocks L", "P": "number of inputs", "K_in": "config: input kernel as JSON",
     "kerneleft_version": "kerneleft version that computed the cell",
     "numpy_version": "numpy version that computed the cell",
@@ -260,9 +270,20 @@ def parse_sweep(spec: dict, base_dir: str | Path = ".") -> Sweep:
     return Sweep(base, axes, ens, theory, tuple(cells))
 
 
+def _point_config(base: dict, point: dict) -> dict:
+    """The config of a grid point: ``base`` updated by ``point``, without the base fields the point makes
+    inapplicable (``C_W``, ``C_b`` under a point's ``branch``; ``T`` under a point's ``architecture = "mlp"``)."""
+    drop = set()
+    if "branch" in point:
+        drop |= {"C_W", "C_b"}
+    if point.get("architecture") == "mlp":
+        drop.add("T")
+    return {**{k: v for k, v in base.items() if k not in drop}, **point}
+
+
 def _network(base: dict, axes: dict, point: dict) -> Network:
     try:
-        return network_from_dict({**base, **point})
+        return network_from_dict(_point_config(base, point))
     except InputError as err:
         field_name = str(err).split(":", 1)[0]
         loc = "axes" if field_name in axes else "base"
@@ -308,7 +329,8 @@ def _expand(base: dict, axes: dict, ens: dict | None, theory: dict | None) -> li
             cells.setdefault(cell.id, cell)
     if theory is not None:
         for net, point in nets.values():
-            for closure, model in itertools.product(theory["closures"], theory["depth_model"]):
+            models = theory["depth_model"] if net.residual else ["discrete"]
+            for closure, model in itertools.product(theory["closures"], models):
                 opts = theory["options"][closure]
                 params = {"closure": closure, "depth_model": model, "options": opts}
                 cell = Cell("theory", net, params, {**point, "closure": closure, "depth_model": model})
@@ -557,7 +579,8 @@ def _write_table(path: Path, sweep: Sweep, stored: list[dict]) -> int:
     schema = pa.schema([
         ("cell", pa.string()), ("kind", pa.string()), ("method", pa.string()), ("closure", pa.string()),
         ("depth_model", pa.string()), ("options", pa.string()), ("width", pa.int64()), ("samples", pa.int64()),
-        ("seed", pa.int64()), ("chunk_size", pa.int64()), ("activation", pa.string()), ("C_W", pa.float64()),
+        ("seed", pa.int64()), ("chunk_size", pa.int64()), ("activation", pa.string()),
+        ("architecture", pa.string()), ("branch", pa.string()), ("C_W", pa.float64()),
         ("C_b", pa.float64()), ("T", pa.float64()), ("depth", pa.int64()), ("P", pa.int64()),
         ("K_in", pa.string()), ("kerneleft_version", pa.string()), ("numpy_version", pa.string()),
         ("l", pa.int32()), ("t", pa.float64()), ("quantity", pa.string()), ("a", pa.int32()), ("b", pa.int32()),
@@ -569,11 +592,14 @@ def _write_table(path: Path, sweep: Sweep, stored: list[dict]) -> int:
         cols = cell_columns(d)
         n = len(cols["value"])
         key, cfg = d["sweep"]["key"], d["config"]
+        net = network_from_dict(cfg)
         const = {"cell": d["sweep"]["cell"], "kind": key["kind"], "method": key.get("method"),
                  "closure": key.get("closure"), "depth_model": key.get("depth_model"),
                  "options": _canonical(key.get("options", {})), "width": key.get("width"),
                  "samples": key.get("samples"), "seed": key.get("seed"), "chunk_size": key.get("chunk_size"),
-                 "activation": cfg["activation"], "C_W": cfg["C_W"], "C_b": cfg["C_b"], "T": cfg["T"],
+                 "activation": cfg["activation"], "architecture": net.architecture,
+                 "branch": _canonical(branch_to_dicts(net.branch)), "C_W": net.C_W, "C_b": net.C_b,
+                 "T": net.T if net.residual else None,
                  "depth": cfg["depth"], "P": len(cfg["K_in"]), "K_in": _canonical(cfg["K_in"]),
                  "kerneleft_version": key["kerneleft"], "numpy_version": d["sweep"]["numpy_version"]}
         arrays = [pa.repeat(pa.scalar(const[f.name], f.type), n) for f in schema if f.name in const]

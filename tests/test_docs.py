@@ -35,6 +35,8 @@ CITABLE = {
     "estimators.md": ["ensembles", "drift-estimator", "control-variate", "standard-errors", "width-extrapolation"],
     "numerics.md": ["closed-forms", "quadrature", "ill-conditioned", "overflow", "interrupts", "caches"],
     "reference.md": ["notation", "errors", "cli"],
+    "architectures.md": ["branches", "kernel-maps", "samplers", "layernorm", "gonly-branches", "sigma-branches", "mlp"],
+    "mlp.md": ["recursion", "relu-exact", "roberts-yaida"],
 }
 
 

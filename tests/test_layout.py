@@ -19,9 +19,9 @@ ROOT = Path(kerneleft.__file__).parent
 LAYERS = {
     "errors": 0, "_version": 0,
     "validate": 1, "result": 1, "tensors": 1, "pairs": 1, "limits": 1,
-    "_gauss_taylor": 2, "_gauss_quad": 2, "_gauss_closed": 2, "maps": 2, "distributed": 2,
+    "_gauss_taylor": 2, "_gauss_quad": 2, "_gauss_closed": 2, "_gauss_four": 2, "maps": 2, "distributed": 2,
     "activations": 3,
-    "gaussian": 4, "config": 4,
+    "gaussian": 4, "branch": 4, "config": 4,
     "kernel": 5,
     "coefficients": 6,
     "samplers": 7, "estimators": 7,

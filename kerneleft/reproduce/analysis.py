@@ -21,14 +21,14 @@ from ..diagnostics import TERMS, relative_error, validity_window
 from ..estimators import WidthFit, extrapolate_width
 from ..result import KernelResult
 from ..tensors import circ
-from ..coefficients import coefficients, tadpole
+from ..coefficients import branch_stages, coefficients, first_segment, propagate, segment_noise, tadpole
 from ..pairs import pair_basis
 
 __all__ = ["Z_CRIT", "WINDOW_THRESHOLDS", "THEORY_NAMES", "Plan", "Theories", "Extrapolated", "Comparison",
            "Estimate", "K1Source", "ResidualSplit", "WidthError", "Validity", "K0Finding", "V4Finding",
            "K1SourceFinding", "K1Finding", "SigmaFinding", "Findings", "Analysis", "Run", "Results",
            "combine_batches", "extrapolate", "zscore", "compare", "k1_source_t0", "residual_split", "validity",
-           "analyse", "pairs", "v4_entries", "depth_indices"]
+           "analyse", "pairs", "v4_entries", "depth_indices", "exact_source_t0", "residual_terms"]
 
 #: |z| above which a theory is called rejected (and at or below which consistent), for every comparison.
 Z_CRIT = 4.0
@@ -63,17 +63,22 @@ class Plan:
 
 @dataclass(frozen=True)
 class Theories:
-    """K0 (L+1, P, P) in both depth models; the G-only and sigma theories as KernelResults."""
+    """K0 (L+1, P, P) in both depth models; the G-only and sigma theories as KernelResults. The continuous ones
+    are None for an MLP (only the discrete depth model exists, docs/architectures.md#mlp)."""
     K0_discrete: np.ndarray
-    K0_continuous: np.ndarray
-    gonly_continuous: KernelResult
+    K0_continuous: np.ndarray | None
+    gonly_continuous: KernelResult | None
     gonly_discrete: KernelResult
     sigma_discrete: KernelResult
-    sigma_continuous: KernelResult
+    sigma_continuous: KernelResult | None
 
     def of(self, name: str) -> KernelResult:
         """The theory of a comparison name (:data:`THEORY_NAMES`)."""
         return getattr(self, THEORY_NAMES[name])
+
+    def names(self) -> tuple[str, ...]:
+        """The comparison names (:data:`THEORY_NAMES`) whose theory exists."""
+        return tuple(name for name, f in THEORY_NAMES.items() if getattr(self, f) is not None)
 
 
 @dataclass(frozen=True)
@@ -117,8 +122,9 @@ class Estimate:
 
 @dataclass(frozen=True)
 class K1Source:
-    """The K1 source at t = 0 (docs/failure.md#source), (P, P) each: the closure ½ℋ:(K_in∘K_in), the exact 0 and
-    n(E[S⁰] − S̄(K_in)) simulated per width and pooled over widths, with z against closure and exact."""
+    """The K1 source at t = 0 (docs/failure.md#source), (P, P) each: the closure ½ℋ:(K_in∘K_in) + b, the exact
+    value (:func:`exact_source_t0`: 0 for the default branch) and n(E[S⁰] − S̄(K_in)) simulated per width and pooled
+    over widths, with z against closure and exact."""
     closure: np.ndarray
     exact: np.ndarray
     simulated: np.ndarray
@@ -169,7 +175,7 @@ class K0Finding:
     n_compared: int
     shift_by_width: Mapping[int, float]
     shift_times_n: Mapping[int, float]
-    continuous_vs_discrete: float
+    continuous_vs_discrete: float | None          # None for an MLP (no continuous depth model)
     max_G_se_largest_width: float
     consistent: bool
 
@@ -247,8 +253,8 @@ class SigmaFinding:
     repairs_V4: bool
     repairs_K1: bool
     windows: Mapping[str, float | None]
-    ode_V4_max_abs_z: float
-    ode_K1_max_abs_z: float
+    ode_V4_max_abs_z: float | None                # None for an MLP (no continuous depth model)
+    ode_K1_max_abs_z: float | None
     meta: Mapping[str, Any]
 
 
@@ -266,7 +272,8 @@ class Findings:
 @dataclass(frozen=True)
 class Analysis:
     """Everything :func:`analyse` derives. ``comparisons[quantity][theory]`` for quantity K0 (theories
-    discrete/continuous), V4, V4_cv, K1 (theories of :data:`THEORY_NAMES`)."""
+    discrete/continuous), V4, V4_cv, K1 (theories of :data:`THEORY_NAMES` that exist, :meth:`Theories.names`).
+    ``residual``: False for an MLP (its K1 source at layer l is K1^{l+1}, not a slope in t)."""
     t: np.ndarray
     eps: float
     P: int
@@ -281,6 +288,7 @@ class Analysis:
     v4_residual: ResidualSplit
     k1_source_t0: K1Source
     findings: Findings
+    residual: bool = True
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -389,33 +397,55 @@ def extrapolate(K0: np.ndarray, ensembles: Mapping[int, KernelResult], k1x: Kern
                         int(g.dof.sum()))
 
 
+def exact_source_t0(net: Network) -> np.ndarray:
+    """The exact K1 source at t = 0, lim n(E[S⁰] − S̄(K_in)) (P, P), for distinct inputs: h⁰ has iid N(0, K_in)
+    neurons, so the branch's first segment sees the empirical measure of n iid Gaussian neurons
+    (:func:`kerneleft.coefficients.segment_noise`) and the later segments add their own noise
+    (:func:`kerneleft.coefficients.propagate`; docs/architectures.md#sigma-branches). 0 for the default branch
+    (E[Σ⁰] = F(K_in), I3) and for any branch whose first segment is phi alone and has no later segment."""
+    p = pair_basis(net.P)
+    first = first_segment(net, p.vec(net.K_in))
+    b, _ = propagate(branch_stages(net, first.jet.y), *segment_noise(first.maps, net.phi, p.vec(net.K_in), net.P))
+    return p.mat(net.C_W * b)
+
+
 def k1_source_t0(net: Network, ensembles: Mapping[int, KernelResult]) -> K1Source:
-    """The K1 source at t = 0 (docs/failure.md#source): closure ½ℋ:(K_in∘K_in) vs exact 0 vs simulated
-    n(E[S⁰] − S̄(K_in)) per width and pooled (inverse-variance) over widths."""
+    """The K1 source at t = 0 (docs/failure.md#source): closure ½ℋ:(K_in∘K_in) + b vs exact
+    (:func:`exact_source_t0`) vs simulated n(E[S⁰] − S̄(K_in)) per width and pooled (inverse-variance) over
+    widths."""
     p, c = pair_basis(net.P), coefficients(net, net.K_in)
-    closure = p.mat(tadpole(c, p.vec4(circ(net.K_in))))
+    closure = p.mat(tadpole(c, p.vec4(circ(net.K_in))) + (0.0 if c.bias is None else c.bias))
+    exact = exact_source_t0(net)
     per_width = {n: Estimate(n * (net.C_W * r["Sigma_mean"][0] + net.C_b - p.mat(c.S_bar)),
                              n * net.C_W * r.se["Sigma_mean"][0]) for n, r in ensembles.items()}
     w = 1.0 / np.stack([e.se for e in per_width.values()]) ** 2
     pooled = (w * np.stack([e.value for e in per_width.values()])).sum(0) / w.sum(0)
     pooled_se = 1.0 / np.sqrt(w.sum(0))
-    return K1Source(closure, np.zeros_like(closure), pooled, pooled_se, zscore(pooled, pooled_se, closure),
-                    zscore(pooled, pooled_se, 0 * closure), per_width)
+    return K1Source(closure, exact, pooled, pooled_se, zscore(pooled, pooled_se, closure),
+                    zscore(pooled, pooled_se, exact), per_width)
 
 
 def residual_split(diags: Mapping[int, KernelResult], V4_error: Estimate) -> ResidualSplit:
-    """The accumulated V4 residual by term (and its sum) at every width and extrapolated to n → ∞ (linear in 1/n,
-    batch-means SEs); ``V4_error`` = V4_sim − V4_G-only at n → ∞, which the extrapolated sum must match."""
+    """The accumulated V4 residual by term (:func:`kerneleft.diagnostics.terms`; and its sum) at every width and
+    extrapolated to n → ∞ (linear in 1/n, batch-means SEs); ``V4_error`` = V4_sim − V4_G-only at n → ∞, which the
+    extrapolated sum must match."""
     widths = tuple(diags)
-    by_width = {n: {**{k: np.asarray(d.meta["v4_residual_by_term"][k]) for k in TERMS}, "sum": d["v4_residual"],
-                    **{f"{k}_se": np.asarray(d.meta["v4_residual_by_term_se"][k]) for k in TERMS},
+    terms = residual_terms(next(iter(diags.values())))
+    by_width = {n: {**{k: np.asarray(d.meta["v4_residual_by_term"][k]) for k in terms}, "sum": d["v4_residual"],
+                    **{f"{k}_se": np.asarray(d.meta["v4_residual_by_term_se"][k]) for k in terms},
                     "sum_se": d.se["v4_residual"]} for n, d in diags.items()}
     ext = {}
-    for k in (*TERMS, "sum"):
+    for k in (*terms, "sum"):
         fit = extrapolate_width(widths, [by_width[n][k] for n in widths], [by_width[n][f"{k}_se"] for n in widths])
         ext[k], ext[f"{k}_se"] = fit.value, fit.value_se
         ext[f"{k}_chi2"], ext[f"{k}_dof"] = float(fit.chi2.sum()), int(fit.dof.sum())
     return ResidualSplit(widths, by_width, ext, V4_error.value, V4_error.se)
+
+
+def residual_terms(diag: KernelResult) -> tuple[str, ...]:
+    """The residual's terms in a diagnostics result, in :data:`kerneleft.diagnostics.TERMS` order (an MLP has no
+    eps2)."""
+    return tuple(k for k in TERMS if k in diag.meta["v4_residual_by_term"])
 
 
 def validity(t: np.ndarray, theories: Mapping[str, Mapping[str, np.ndarray]],
@@ -471,7 +501,7 @@ def _k0_finding(a: Analysis) -> K0Finding:
     shift = {n: float(np.max(np.abs(a.ensembles[n]["K1"] / n)) / np.max(np.abs(K0d))) for n in widths}
     z = a.comparisons["K0"]["discrete"].max_abs_z
     return K0Finding(z, int((len(a.t) - 1) * a.P * (a.P + 1) // 2), shift, {n: shift[n] * n for n in widths},
-                     float(np.max(np.abs(K0c - K0d)) / np.max(np.abs(K0d))),
+                     None if K0c is None else float(np.max(np.abs(K0c - K0d)) / np.max(np.abs(K0d))),
                      float(np.max(a.ensembles[widths[-1]].se["G_mean"])), z <= Z_CRIT)
 
 
@@ -481,7 +511,8 @@ def _v4_finding(a: Analysis) -> V4Finding:
     e = _worst_final(gv, sv, sse)
     idx = (len(a.t) - 1, *e)
     rx = res.extrapolated
-    by_term = {k: float(rx[k][idx]) for k in TERMS}
+    terms = residual_terms(a.diagnostics)
+    by_term = {k: float(rx[k][idx]) for k in terms}
     dominant = max(by_term, key=lambda k: abs(by_term[k]))
     cv, direct = a.comparisons["V4_cv"]["gonly"], a.comparisons["V4"]["gonly"]
     rel_t = {float(a.t[l]): float((gv[(l, *e)] - sv[(l, *e)]) / abs(sv[(l, *e)]))
@@ -492,10 +523,10 @@ def _v4_finding(a: Analysis) -> V4Finding:
         cv.max_abs_z, direct.max_abs_z,
         {n: float(a.v4_gonly_by_width[n].relative_error_T[e]) for n in widths},
         {n: float(a.v4_gonly_by_width[n].z_T[e]) for n in widths},
-        float(rx["sum"][idx]), float(rx["sum_se"][idx]), by_term, {k: float(rx[f"{k}_se"][idx]) for k in TERMS},
+        float(rx["sum"][idx]), float(rx["sum_se"][idx]), by_term, {k: float(rx[f"{k}_se"][idx]) for k in terms},
         dominant, abs(by_term[dominant]) / max(sum(abs(x) for x in by_term.values()), 1e-300),
-        {n: {k: float(res.by_width[n][k][idx]) for k in TERMS} for n in widths},
-        {n: {k: float(res.by_width[n][f"{k}_se"][idx]) for k in TERMS} for n in widths},
+        {n: {k: float(res.by_width[n][k][idx]) for k in terms} for n in widths},
+        {n: {k: float(res.by_width[n][f"{k}_se"][idx]) for k in terms} for n in widths},
         float(res.sim_minus_gonly[idx]), float(res.sim_minus_gonly_se[idx]),
         a.validity.windows[a.validity.threshold]["gonly"]["V4"], cv.max_abs_z > Z_CRIT)
 
@@ -524,12 +555,12 @@ def _sigma_finding(a: Analysis, v4: V4Finding, k1: K1Finding) -> SigmaFinding:
     idx, kidx = (len(a.t) - 1, *v4.entry), (len(a.t) - 1, *k1.entry)
     c4, d4, c1 = cmp_["V4_cv"]["sigma"], cmp_["V4"]["sigma"], cmp_["K1"]["sigma"]
     sk = ext.K1[kidx]
+    ode = {q: cmp_[q]["sigma_continuous"].max_abs_z if "sigma_continuous" in cmp_[q] else None for q in ("V4_cv", "K1")}
     return SigmaFinding(
         float(s["V4"][idx]), float(c4.z[idx]), float((s["V4"][idx] - ext.V4_cv[idx]) / abs(ext.V4_cv[idx])),
         c4.max_abs_z, d4.max_abs_z, float(s["K1"][kidx]), float(c1.z[kidx]),
         float(s["K1"][kidx] / sk) if sk != 0 else None, c1.max_abs_z, c4.max_abs_z <= Z_CRIT, c1.max_abs_z <= Z_CRIT,
-        a.validity.windows[a.validity.threshold]["sigma"], cmp_["V4_cv"]["sigma_continuous"].max_abs_z,
-        cmp_["K1"]["sigma_continuous"].max_abs_z,
+        a.validity.windows[a.validity.threshold]["sigma"], ode["V4_cv"], ode["K1"],
         {key: s.meta.get(key) for key in ("representation", "truncation", "error_estimate")})
 
 
@@ -551,16 +582,16 @@ def analyse(net: Network, plan: Plan, theory: Theories, ensembles: Mapping[int, 
     ext = extrapolate(theory.K0_discrete, ensembles, k1x, v4_direct,
                       Estimate(g.V4 + residual.extrapolated["sum"], residual.extrapolated["sum_se"]))
     sim = {"V4": (ext.V4, ext.V4_se), "V4_cv": (ext.V4_cv, ext.V4_cv_se), "K1": (ext.K1, ext.K1_se)}
-    comparisons = {"K0": {"discrete": compare(ext.G_mean, ext.G_mean_se, theory.K0_discrete),
-                          "continuous": compare(ext.G_mean, ext.G_mean_se, theory.K0_continuous)}}
+    K0s = {"discrete": theory.K0_discrete, "continuous": theory.K0_continuous}
+    comparisons = {"K0": {m: compare(ext.G_mean, ext.G_mean_se, K0) for m, K0 in K0s.items() if K0 is not None}}
     comparisons.update({q: {name: compare(*sim[q], theory.of(name)["K1" if q == "K1" else "V4"])
-                            for name in THEORY_NAMES} for q in sim})
+                            for name in theory.names()} for q in sim})
     refs = {"V4": Estimate(ext.V4_cv, ext.V4_cv_se), "K1": Estimate(ext.K1, ext.K1_se)}
-    theories = {name: {q: theory.of(name)[q] for q in refs} for name in THEORY_NAMES}
+    theories = {name: {q: theory.of(name)[q] for q in refs} for name in theory.names()}
     by_width = {n: WidthError((g.V4[-1] - e["V4"][-1]) / np.abs(e["V4"][-1]), zscore(e["V4"][-1], e.se["V4"][-1],
                                                                                     g.V4[-1]))
                 for n, e in ensembles.items()}
     a = Analysis(t, net.eps, net.P, plan, theory, dict(ensembles), ext, diags[plan.diag_width], comparisons,
                  validity(t, theories, refs, threshold, diags[plan.diag_width]), by_width, residual,
-                 k1_source_t0(net, ensembles), None)
+                 k1_source_t0(net, ensembles), None, net.residual)
     return replace(a, findings=_findings(a))

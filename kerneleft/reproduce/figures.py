@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..diagnostics import TERMS
-from .analysis import Z_CRIT, Analysis, pairs, v4_entries
+from .analysis import Z_CRIT, Analysis, pairs, residual_terms, v4_entries
 from .rendering import FIGURES, format_z, pair_label, v4_label
 
 __all__ = ["make_figures"]
@@ -26,6 +26,13 @@ C_SIM, C_GONLY, C_SIGMA = "k", "C0", "C3"
 TERM_COLORS = dict(zip(TERMS, ("C1", "C2", "C4")))
 TERM_LABELS = {"transport": r"transport  ε(n Cov[G,S] − V4$\mathcal{T}^\top$ + transpose)",
                "source": "source  ε(E[G⊠S] − K0⊠S̄)", "eps2": "O(ε²) terms"}
+MLP_TERM_LABELS = {"transport": r"transport  n Cov[S] − $\mathcal{T}$V4$\mathcal{T}^\top$ − N",
+                   "source": "source  E[S∘S] − S̄∘S̄"}
+#: theory arrays of the V4/K1 figures: (Theories field, colour, line style, width, label); None fields are skipped
+THEORY_LINES = (("gonly_discrete", C_GONLY, "-", 1.5, "G-only (depth L)"),
+                ("gonly_continuous", C_GONLY, ":", 1.2, "G-only (ODE)"),
+                ("sigma_discrete", C_SIGMA, "--", 1.5, "sigma (depth L)"),
+                ("sigma_continuous", C_SIGMA, ":", 1.2, "sigma (ODE)"))
 XLABEL = "depth-time t"
 
 
@@ -67,14 +74,16 @@ def fig_k0(r: Analysis, path: Path) -> str:
     for i, p in enumerate(pairs(P)):
         c = f"C{i}"
         ax[0].plot(t, th.K0_discrete[:, p[0], p[1]], color=c, lw=1.6, label=f"entry {pair_label(p)}")
-        ax[0].plot(t, th.K0_continuous[:, p[0], p[1]], color=c, lw=1.0, ls=":")
+        if th.K0_continuous is not None:
+            ax[0].plot(t, th.K0_continuous[:, p[0], p[1]], color=c, lw=1.0, ls=":")
         ax[0].errorbar(t[::step], ext.G_mean[::step, p[0], p[1]], 2 * ext.G_mean_se[::step, p[0], p[1]],
                        fmt="o", ms=4, mfc="none", mec=C_SIM, ecolor=C_SIM, capsize=2)
         z = r.comparisons["K0"]["discrete"].z[:, p[0], p[1]]
         ax[1].plot(t, z, color=c, lw=1.2, marker=".", ms=3, label=f"entry {pair_label(p)}")
     ax[0].set(xlabel=XLABEL, ylabel="kernel", title="(a) K0: theory vs simulation (±2 SE bars)")
     ax[0].plot([], [], color="0.3", lw=1.6, label="K0, depth-L recursion")
-    ax[0].plot([], [], color="0.3", lw=1.0, ls=":", label="K0, ODE")
+    if th.K0_continuous is not None:
+        ax[0].plot([], [], color="0.3", lw=1.0, ls=":", label="K0, ODE")
     ax[0].errorbar([], [], [], fmt="o", ms=4, mfc="none", mec=C_SIM, ecolor=C_SIM, label="E[G] simulated, n→∞")
     ax[0].legend(fontsize=7)
     ax[1].axhspan(-2, 2, color="0.85", label="|z| < 2")
@@ -101,6 +110,14 @@ def _v4_panels(r: Analysis, title: str):
     return fig, ax, entries
 
 
+def _theory_lines(ax, t: np.ndarray, th, q: str, sl: tuple) -> None:
+    """The theories' curves of quantity ``q`` at index ``sl`` over ``t`` (:data:`THEORY_LINES`; absent ones
+    skipped)."""
+    for key, c, ls, lw, label in THEORY_LINES:
+        if getattr(th, key) is not None:
+            ax.plot(t, getattr(th, key)[q][sl], color=c, ls=ls, lw=lw, label=label)
+
+
 def fig_v4(r: Analysis, path: Path) -> str:
     t, th, ext, widths, ens = r.t, r.theory, r.extrapolated, r.widths, r.ensembles
     cols = _width_colors(widths)
@@ -110,13 +127,7 @@ def fig_v4(r: Analysis, path: Path) -> str:
             a.plot(t, ens[n]["V4"][(slice(None), *e)], color=cols[n], lw=0.8, alpha=0.8, label=f"simulation n = {n}")
         _band(a, t, ext.V4[(slice(None), *e)], ext.V4_se[(slice(None), *e)], C_SIM,
               label="simulation n→∞", lw=1.4)
-        a.plot(t, th.gonly_discrete["V4"][(slice(None), *e)], color=C_GONLY, lw=1.5, label="G-only (depth L)")
-        a.plot(t, th.gonly_continuous["V4"][(slice(None), *e)], color=C_GONLY, lw=1.2, ls=":",
-               label="G-only (ODE)")
-        a.plot(t, th.sigma_discrete["V4"][(slice(None), *e)], color=C_SIGMA, lw=1.5, ls="--",
-               label="sigma (depth L)")
-        a.plot(t, th.sigma_continuous["V4"][(slice(None), *e)], color=C_SIGMA, lw=1.2, ls=":",
-               label="sigma (ODE)")
+        _theory_lines(a, t, th, "V4", (slice(None), *e))
         a.set(xlabel=XLABEL, ylabel=f"V4[{v4_label(e)}]", title=f"n Cov[G{v4_label(e)[:2]}, G{v4_label(e)[3:]}]")
     ax[0].legend(fontsize=7)
     return _save(fig, path)
@@ -127,10 +138,6 @@ def fig_v4_relative(r: Analysis, path: Path) -> str:
     scale = np.max(np.abs(ext.V4_cv), axis=(1, 2, 3, 4))
     fig, ax, entries = _v4_panels(r, "V4 error of each theory at n→∞, in % of max|V4(t)|; reference V4_cv = G-only "
                                      "+ accumulated residual (dark band ±2 SE); light: direct n Cov[G] extrapolation")
-    lines = [("gonly_discrete", C_GONLY, "-", 1.5, "G-only (depth L)"),
-             ("gonly_continuous", C_GONLY, ":", 1.2, "G-only (ODE)"),
-             ("sigma_discrete", C_SIGMA, "--", 1.5, "sigma (depth L)"),
-             ("sigma_continuous", C_SIGMA, ":", 1.2, "sigma (ODE)")]
     for a, e in zip(ax, entries):
         sl = (slice(None), *e)
         ref, se = ext.V4_cv[sl], ext.V4_cv_se[sl]
@@ -138,8 +145,9 @@ def fig_v4_relative(r: Analysis, path: Path) -> str:
         a.fill_between(t, d - dse, d + dse, color="0.9", lw=0, label="direct n Cov[G] n→∞ (±2 SE)")
         a.fill_between(t, -200 * se / scale, 200 * se / scale, color="0.55", lw=0, label="V4_cv (±2 SE)")
         a.axhline(0, color=C_SIM, lw=0.6)
-        for key, c, ls, lw, label in lines:
-            a.plot(t, 100 * (getattr(th, key)["V4"][sl] - ref) / scale, color=c, ls=ls, lw=lw, label=label)
+        for key, c, ls, lw, label in THEORY_LINES:
+            if getattr(th, key) is not None:
+                a.plot(t, 100 * (getattr(th, key)["V4"][sl] - ref) / scale, color=c, ls=ls, lw=lw, label=label)
         a.set(xlabel=XLABEL, ylabel="(theory − sim) / max|V4|  [%]", title=f"V4[{v4_label(e)}]")
     ax[0].legend(fontsize=7)
     return _save(fig, path)
@@ -154,19 +162,21 @@ def fig_v4_residual(r: Analysis, path: Path) -> str:
     fig.suptitle("Accumulated residual of the G-only V4 equation, split by term (bands and bars ±2 SE). "
                  "Top: extrapolated to n→∞ over t; bottom: at t = T against 1/n")
     x = 1.0 / np.array(widths, dtype=float)
+    colors = {k: TERM_COLORS[k] for k in residual_terms(r.diagnostics)}
+    labels = TERM_LABELS if r.residual else MLP_TERM_LABELS
     for j, e in enumerate(entries):
         a, b = ax[0, j], ax[1, j]
         sl = (slice(None), *e)
         a.axhline(0, color="0.6", lw=0.6)
-        for k, c in TERM_COLORS.items():
-            _band(a, t, rx[k][sl], rx[f"{k}_se"][sl], c, label=TERM_LABELS[k])
+        for k, c in colors.items():
+            _band(a, t, rx[k][sl], rx[f"{k}_se"][sl], c, label=labels[k])
         _band(a, t, rx["sum"][sl], rx["sum_se"][sl], C_SIM, label="sum of terms", ls="--", alpha=0.12)
         a.plot(t, res.sim_minus_gonly[sl], color="0.45", lw=2.5, alpha=0.55,
                label="V4$_{sim}$ − V4$_{G-only}$ (n→∞)")
         a.set(xlabel=XLABEL, ylabel="accumulated residual", title=f"V4[{v4_label(e)}], n → ∞")
         b.axhline(0, color="0.6", lw=0.6)
         dodge = 0.012 * x.max()
-        for i, (k, c) in enumerate((*TERM_COLORS.items(), ("sum", C_SIM))):
+        for i, (k, c) in enumerate((*colors.items(), ("sum", C_SIM))):
             y = np.array([res.by_width[n][k][(-1, *e)] for n in widths])
             s = np.array([res.by_width[n][f"{k}_se"][(-1, *e)] for n in widths])
             off = (i - 1.5) * dodge
@@ -191,10 +201,7 @@ def fig_k1(r: Analysis, path: Path) -> str:
         for n in widths:
             a.plot(t, ens[n]["K1"][sl], color=cols[n], lw=0.8, label=f"n(E[G] − K0), n = {n}")
         _band(a, t, ext.K1[sl], ext.K1_se[sl], C_SIM, label="simulation n→∞", lw=1.4)
-        a.plot(t, th.gonly_discrete["K1"][sl], color=C_GONLY, lw=1.5, label="G-only (depth L)")
-        a.plot(t, th.gonly_continuous["K1"][sl], color=C_GONLY, lw=1.2, ls=":", label="G-only (ODE)")
-        a.plot(t, th.sigma_discrete["K1"][sl], color=C_SIGMA, lw=1.5, ls="--", label="sigma (depth L)")
-        a.plot(t, th.sigma_continuous["K1"][sl], color=C_SIGMA, lw=1.2, ls=":", label="sigma (ODE)")
+        _theory_lines(a, t, th, "K1", sl)
         a.axhline(0, color="0.6", lw=0.6)
         a.set(xlabel=XLABEL, ylabel=f"K1[{pair_label(p)}]", title=f"K1[{pair_label(p)}]")
     ax[0].legend(fontsize=7)
@@ -210,33 +217,43 @@ def fig_k1_source(r: Analysis, path: Path) -> str:
     gs = fig.add_gridspec(rows + 1, cols)
     top = fig.add_subplot(gs[0, :])
     x = np.arange(len(ps))
+    zero = bool(np.all(src.exact == 0))
     top.bar(x - 0.2, [src.closure[p] for p in ps], 0.38, color=C_GONLY,
-            label=r"G-only closure ½$\mathcal{H}$:(K$_{in}$∘K$_{in}$)")
+            label=r"G-only closure ½$\mathcal{H}$:(K$_{in}$∘K$_{in}$)" + ("" if zero else " + b"))
     top.errorbar(x + 0.2, [src.simulated[p] for p in ps], [2 * src.simulated_se[p] for p in ps],
                  fmt="s", color=C_SIM, capsize=4,
                  label=f"exact: n(E[S⁰] − S̄(K$_{{in}}$)) simulated, pooled over n = {list(r.widths)} (±2 SE)")
-    top.axhline(0, color=C_SIGMA, lw=1.5, ls="--", label="exact value 0 (I3) = sigma theory (m = 0 at t = 0)")
+    if zero:
+        top.axhline(0, color=C_SIGMA, lw=1.5, ls="--", label="exact value 0 (I3) = sigma theory (m = 0 at t = 0)")
+    else:
+        top.plot(x + 0.2, [src.exact[p] for p in ps], "_", color=C_SIGMA, ms=30, mew=2,
+                 label="exact value (iid Gaussian neurons at t = 0; the branch's own finite-width pieces)")
     for i, p in enumerate(ps):
         top.annotate(f"z = {format_z(src.z_closure[p])}", (x[i], max(src.closure[p], 0)), ha="center",
                      va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     top.set_xticks(x, [f"entry {pair_label(p)}" for p in ps])
-    top.set(ylabel="dK1/dt at t = 0", title="(a) source of K1 at t = 0: closure vs exact "
+    rate = "dK1/dt" if r.residual else "K1 at the next layer"
+    top.set(ylabel=f"{rate} at t = 0", title="(a) source of K1 at t = 0: closure vs exact "
                                             "(z = (simulated − closure)/SE)")
     top.legend(fontsize=8, loc="best")
-    eps = r.eps
+
+    def source(K1):                      # the theory's K1 source at layers 0..L-1
+        return np.diff(K1) / r.eps if r.residual else K1[1:]
     for i, p in enumerate(ps):
         a = fig.add_subplot(gs[1 + i // cols, i % cols])
         sl = (slice(None), *p)
         _band(a, t, d["k1_source_exact"][sl], d.se["k1_source_exact"][sl], C_SIM, label="exact n(E[S] − S̄(K0))")
         _band(a, t, d["k1_source_closure"][sl], d.se["k1_source_closure"][sl], C_GONLY,
-              label=r"closure $\mathcal{T}$K1 + ½$\mathcal{H}$:V4 on simulated K1, V4")
-        g = th.gonly_discrete["K1"][sl]
-        a.plot(t[:-1], np.diff(g) / eps, color=C_GONLY, ls=":", lw=1.2, label="G-only theory dK1/dt")
-        s = th.sigma_discrete["K1"][sl]
-        a.plot(t[:-1], np.diff(s) / eps, color=C_SIGMA, ls="--", lw=1.4, label="sigma theory dK1/dt (depth L)")
+              label=r"closure $\mathcal{T}$K1 + ½$\mathcal{H}$:V4" + ("" if zero else " + b")
+                    + " on simulated K1, V4")
+        a.plot(t[:-1], source(th.gonly_discrete["K1"][sl]), color=C_GONLY, ls=":", lw=1.2,
+               label=f"G-only theory {rate}")
+        a.plot(t[:-1], source(th.sigma_discrete["K1"][sl]), color=C_SIGMA, ls="--", lw=1.4,
+               label=f"sigma theory {rate} (depth L)")
         a.axhline(0, color="0.6", lw=0.6)
-        a.set(xlabel=XLABEL, ylabel=f"dK1[{pair_label(p)}]/dt", title=f"(b) K1 source over t, entry {pair_label(p)}, "
-                                                                      f"n = {d.meta['width']}")
+        ylabel = f"dK1[{pair_label(p)}]/dt" if r.residual else f"K1[{pair_label(p)}] at l + 1"
+        a.set(xlabel=XLABEL, ylabel=ylabel, title=f"(b) K1 source over t, entry {pair_label(p)}, "
+                                                  f"n = {d.meta['width']}")
         if i == 0:
             a.legend(fontsize=7)
     return _save(fig, path)

@@ -3,6 +3,8 @@
 Stages (each timed and announced on stderr; simulations and theories cached under ``OUT/cache``):
 
 1. ``K0``: infinite-width kernel, depth-L recursion and continuous ODE (docs/model.md#depth-grid).
+   Any architecture (docs/architectures.md#branches); an MLP has only the discrete depth model
+   (docs/architectures.md#mlp), so its continuous K0 and theories are skipped (None; the report says so).
 2. ``theory g-only``: the G-only EFT (docs/gonly.md#coefficients), continuous ODEs and depth-L recursions.
 3. ``theory sigma``: the sigma-kernel theory (docs/sigma.md#discrete-depth), depth-L recursion and ODEs.
 4. ``ensembles``: exact conditional-sampler ensembles (docs/exact.md#conditional-gaussianity) at several widths,
@@ -141,18 +143,22 @@ def _versions() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ stages
 def _theories(net: Network, cache: ResultCache, log: _Stages, opts: Mapping[str, Mapping]) -> Theories:
-    """K0 in both depth models and both closures in both depth models (cached; ``opts[closure]`` to the solver)."""
+    """K0 in both depth models and both closures in both depth models (cached; ``opts[closure]`` to the solver).
+    An MLP has only the discrete depth model (docs/architectures.md#mlp): its continuous entries are None."""
     cfg = net.to_dict()
 
-    def theory(closure: str, dm: str) -> KernelResult:
+    def theory(closure: str, dm: str) -> KernelResult | None:
+        if dm == "continuous" and not net.residual:
+            return None
         fields = {"config": cfg, "closure": closure, "depth_model": dm, "opts": dict(opts[closure])}
         return cache.get("theory", fields, lambda: solve(net, closure, depth_model=dm, **opts[closure]))[0]
 
-    with log("K0 (discrete, continuous)"):
-        K0d, K0c = kernel(net, "discrete").K0, kernel(net, "continuous").K0
-    with log("theory g-only (continuous, discrete)"):
+    mlp = "discrete only: an MLP has no continuous depth model"
+    with log("K0 (discrete, continuous)" if net.residual else f"K0 ({mlp})"):
+        K0d, K0c = kernel(net, "discrete").K0, kernel(net, "continuous").K0 if net.residual else None
+    with log("theory g-only (continuous, discrete)" if net.residual else f"theory g-only ({mlp})"):
         g_cont, g_disc = theory("g-only", "continuous"), theory("g-only", "discrete")
-    with log("theory sigma"):
+    with log("theory sigma" if net.residual else f"theory sigma ({mlp})"):
         s_disc, s_cont = theory("sigma", "discrete"), theory("sigma", "continuous")
     return Theories(K0d, K0c, g_cont, g_disc, s_disc, s_cont)
 

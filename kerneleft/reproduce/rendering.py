@@ -9,11 +9,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..diagnostics import TERMS
-from .analysis import THEORY_NAMES, Z_CRIT, Analysis, Results, depth_indices, pairs, v4_entries
+from ..branch import parse_branch
+from .analysis import Z_CRIT, Analysis, Results, depth_indices, pairs, residual_terms, v4_entries
 
 __all__ = ["FIGURES", "findings_text", "render_report", "render_stopped", "format_number", "format_z",
-           "pair_label", "v4_label"]
+           "pair_label", "v4_label", "describe_network"]
 
 #: figure file names (in OUT/figures) and what they show
 FIGURES = {
@@ -95,18 +95,20 @@ def findings_text(a: Analysis) -> list[str]:
                   f"points (criterion |z| ≤ {zc:g})"
     shift = [k0.shift_by_width[n] for n in widths]
     trend = "shrinking with n" if all(a > b for a, b in zip(shift, shift[1:])) else "not shrinking monotonically"
+    ode = (f"The continuous ODE differs from the depth-L recursion by {_pct(k0.continuous_vs_discrete)} of max|K0| "
+           f"(an O(ε) effect, ε = {_f(a.eps, 3)})." if k0.continuous_vs_discrete is not None else
+           "An MLP has only the discrete depth model: there is no continuous ODE to compare.")
     out = [f"{head} The width-extrapolated simulated E[G] (widths {widths}, {a.plan.samples[0]} networks per "
            f"width) {verdict}. At finite width E[G] − K0 is at most {shifts} of max|K0|, {trend} (n × shift = {ns} %: "
-           f"the 1/n correction K1/n, compared with theory under finding 3). The continuous ODE differs from the "
-           f"depth-L recursion by {_pct(k0.continuous_vs_discrete)} of max|K0| (an O(ε) effect, "
-           f"ε = {_f(a.eps, 3)})."]
+           f"the 1/n correction K1/n, compared with theory under finding 3). {ode}"]
 
     v = f.v4
     e = v4_label(v.entry)
     over_t = ", ".join(f"{_pct(x)} (t = {_f(tt, 3)})" for tt, x in v.relative_error_over_t.items())
     by_w = ", ".join(f"{_pct(x)} (n = {n}, z = {_z(v.by_width_z[n])})"
                      for n, x in v.by_width_relative_error.items())
-    terms = ", ".join(f"{k} {_pm(v.residual_by_term[k], v.residual_by_term_se[k])}" for k in TERMS)
+    terms = ", ".join(f"{k} {_pm(v.residual_by_term[k], v.residual_by_term_se[k])}" for k in v.residual_by_term)
+    source = "E[G⊠S] − K0⊠S̄(K0)" if a.residual else "E[S∘S] − S̄(K0)∘S̄(K0)"
     per_w = "; ".join(f"n = {n}: " + ", ".join(
         f"{k} {_pm(v.residual_by_width[n][k], v.residual_by_width_se[n][k])}" for k in ("transport", "source"))
         for n in widths)
@@ -127,7 +129,7 @@ def findings_text(a: Analysis) -> list[str]:
         f"({_f(100 * a.validity.threshold, 3)} % rule, table below): "
         f"{_window(v.window)}. The accumulated residual at t = T, extrapolated to n → ∞, splits into {terms} (sum "
         f"{_pm(v.residual_total, v.residual_total_se)}); the {v.dominant_term} term carries "
-        f"{_f(100 * v.dominant_share, 3)} % of Σ|terms|. The source term E[G⊠S] − K0⊠S̄(K0) is O(1/n) by I1–I2; "
+        f"{_f(100 * v.dominant_share, 3)} % of Σ|terms|. The source term {source} is O(1/n) by I1–I2; "
         f"at finite width: {per_w}.")
 
     s, k = f.k1_source, f.k1
@@ -142,10 +144,20 @@ def findings_text(a: Analysis) -> list[str]:
                                       f"(|z| = {_z(abs(s.z_closure))})")
     exact0 = "is consistent with" if s.max_abs_z_exact <= zc else "deviates from"
     rejects = "rejects" if s.rejected else "does not reject"
+    rate = "dK1/dt" if a.residual else "K1 at layer 1"
+    if np.all(src.exact == 0):
+        closed = f"{rate} = ½ℋ:(K_in∘K_in)"
+        exact, value = "exactly E[Σ⁰] = F(K_in) (I3) so the true source is 0", "0"
+    else:
+        closed = f"{rate} = ½ℋ:(K_in∘K_in) + b (b: the inner layers' finite-width bias)"
+        value = "the exact value"
+        exact = ("the exact source is {" + ", ".join(f"{pair_label(p)}: {_f(src.exact[p])}" for p in pairs(P))
+                 + "} (h⁰ has iid Gaussian neurons, so only the branch's own finite-width pieces act; "
+                 "docs/architectures.md#gonly-branches)")
     out.append(
         f"**3. K1: {src_head}, and the G-only K1 is {_verdict(k.rejected)} (max |z| = {_z(k.max_abs_z)}).** "
-        f"At t = 0 the closure gives dK1/dt = ½ℋ:(K_in∘K_in) = {{{clos}}}, while exactly E[Σ⁰] = F(K_in) (I3) so the "
-        f"true source is 0. The simulated n(E[S⁰] − S̄(K_in)) = {{{sims}}} {exact0} 0 (max |z| = "
+        f"At t = 0 the closure gives {closed} = {{{clos}}}, while {exact}. The simulated "
+        f"n(E[S⁰] − S̄(K_in)) = {{{sims}}} {exact0} {value} (max |z| = "
         f"{_z(s.max_abs_z_exact)}) and {rejects} the closure at |z| = "
         f"{_z(abs(s.z_closure))} (entry {pair_label(s.entry)}). At t = T the G-only "
         f"K1[{pair_label(k.entry)}] = {_f(k.gonly)} against "
@@ -164,9 +176,10 @@ def findings_text(a: Analysis) -> list[str]:
         f"{_z(g.V4_max_abs_z)} (direct n Cov[G]: {_z(g.V4_max_abs_z_direct)}; G-only: {_z(v.max_abs_z)}). "
         f"K1[{pair_label(k.entry)}] at t = T: {_f(g.K1)} (z = {_z(g.K1_z)}{kr}); max |z| = "
         f"{_z(g.K1_max_abs_z)} (G-only: {_z(k.max_abs_z)}). Validity windows: V4 {_window(g.windows['V4'])}, "
-        f"K1 {_window(g.windows['K1'])}. Criterion |z| ≤ {zc:g}. The continuous-depth (ODE) sigma theory differs "
-        f"from the depth-L network by O(ε): max |z| = {_z(g.ode_V4_max_abs_z)} (V4), "
-        f"{_z(g.ode_K1_max_abs_z)} (K1).")
+        f"K1 {_window(g.windows['K1'])}. Criterion |z| ≤ {zc:g}. " + (
+            f"The continuous-depth (ODE) sigma theory differs from the depth-L network by O(ε): max |z| = "
+            f"{_z(g.ode_V4_max_abs_z)} (V4), {_z(g.ode_K1_max_abs_z)} (K1)." if g.ode_V4_max_abs_z is not None else
+            "An MLP has no continuous-depth (ODE) theory."))
     return out
 
 
@@ -175,15 +188,17 @@ def render_report(results: Results) -> str:
     a, run = results.analysis, results.run
     P = a.P
     cfg, plan, widths = run.config, a.plan, list(a.widths)
-    lines = [f"# kerneleft reproduce — {cfg['activation']} pre-activation ResNet, {P} inputs", "",
-             f"Mode **{run.mode}**; config {run.config_source}: activation = {cfg['activation']}, "
-             f"C_W = {cfg['C_W']:g}, C_b = {cfg['C_b']:g}, T = {cfg['T']:g}, depth L = {cfg['depth']}, "
-             f"K_in = {cfg['K_in']}. Exact ensembles ({run.method} sampler, docs/exact.md#conditional-gaussianity) "
+    lines = [f"# kerneleft reproduce — {describe_network(cfg)}, {P} inputs", "",
+             f"Mode **{run.mode}**; config {run.config_source}: {_config_text(cfg)}. Exact ensembles "
+             f"({run.method} sampler, docs/exact.md#conditional-gaussianity) "
              f"at widths {widths} with {list(plan.samples)} networks ({plan.batches} seeded batches each, root seed "
              f"{run.seed}); diagnostics at n = {plan.diag_width}. Comparisons are z = (simulation − theory)/SE; a "
              f"theory is called rejected when |z| > {Z_CRIT:g}. Simulated V4 and K1 are extrapolated to n → ∞ "
              f"linearly in 1/n (weighted least squares). G-only theory: the depth-L recursions unless marked ODE. "
-             f"Entries use 1-based input indices.", "", "## Findings of this run", ""]
+             f"Entries use 1-based input indices."
+             + ("" if a.residual else " An MLP has only the discrete depth model (t = l, docs/architectures.md#mlp): "
+                "the continuous (ODE) kernel and theories are skipped, and its K1 source at layer l is K1 at l + 1.")
+             , "", "## Findings of this run", ""]
     for para in findings_text(a):
         lines += [para, ""]
     lines += _k0_table(a) + _v4_table(a) + _k1_table(a) + _width_table(a) + _source_table(a)
@@ -204,11 +219,12 @@ def render_report(results: Results) -> str:
 
 def _k0_table(a: Analysis) -> list[str]:
     t, th, ext, z = a.t, a.theory, a.extrapolated, a.comparisons["K0"]["discrete"].z
-    rows = [[_f(t[l], 3), pair_label(p), _f(th.K0_discrete[(l, *p)], 6), _f(th.K0_continuous[(l, *p)], 6),
+    K0s = [K for K in (th.K0_discrete, th.K0_continuous) if K is not None]
+    rows = [[_f(t[l], 3), pair_label(p), *[_f(K[(l, *p)], 6) for K in K0s],
              _pm(ext.G_mean[(l, *p)], ext.G_mean_se[(l, *p)], 6), _z(z[(l, *p)])]
             for l in depth_indices(len(t) - 1, (0.25, 0.5, 0.75, 1.0)) for p in pairs(a.P)]
     return (["## Theory vs simulation", "", "### K0 (simulation: width-extrapolated E[G], drift estimator)", ""]
-            + _table(["t", "entry", "K0 (depth L)", "K0 (ODE)", "E[G] sim n→∞", "z"], rows))
+            + _table(["t", "entry", "K0 (depth L)", "K0 (ODE)"][:2 + len(K0s)] + ["E[G] sim n→∞", "z"], rows))
 
 
 def _v4_table(a: Analysis) -> list[str]:
@@ -218,11 +234,11 @@ def _v4_table(a: Analysis) -> list[str]:
         for e in v4_entries(a.P):
             i = (l, *e)
             row = [_f(a.t[l], 3), v4_label(e), _pm(ext.V4_cv[i], ext.V4_cv_se[i]), _pm(ext.V4[i], ext.V4_se[i])]
-            for name in THEORY_NAMES:
+            for name in a.theory.names():
                 row += [_f(a.theory.of(name)["V4"][i]), f"{_z(cmp_['V4_cv'][name].z[i])} / {_z(cmp_['V4'][name].z[i])}"]
             rows.append(row)
     header = ["t", "entry", "V4_cv", "V4 direct"]
-    header += [x for name in THEORY_NAMES for x in (_NAMES[name], "z (cv / direct)")]
+    header += [x for name in a.theory.names() for x in (_NAMES[name], "z (cv / direct)")]
     return (["### V4 (simulation at n → ∞: control-variate estimate V4_cv and direct extrapolation; z vs each)", ""]
             + _table(header, rows))
 
@@ -234,10 +250,10 @@ def _k1_table(a: Analysis) -> list[str]:
         for p in pairs(a.P):
             i = (l, *p)
             row = [_f(a.t[l], 3), pair_label(p), _pm(ext.K1[i], ext.K1_se[i])]
-            for name in THEORY_NAMES:
+            for name in a.theory.names():
                 row += [_f(a.theory.of(name)["K1"][i]), _z(a.comparisons["K1"][name].z[i])]
             rows.append(row)
-    header = ["t", "entry", "sim n→∞"] + [x for name in THEORY_NAMES for x in (_NAMES[name], "z")]
+    header = ["t", "entry", "sim n→∞"] + [x for name in a.theory.names() for x in (_NAMES[name], "z")]
     return ["### K1 (simulation: extrapolated to n → ∞)", ""] + _table(header, rows)
 
 
@@ -252,31 +268,59 @@ def _width_table(a: Analysis) -> list[str]:
 
 def _source_table(a: Analysis) -> list[str]:
     src = a.k1_source_t0
-    rows = [[pair_label(p), _f(src.closure[p]), "0", _pm(src.simulated[p], src.simulated_se[p]),
-             _z(src.z_closure[p]), _z(src.z_exact[p])] for p in pairs(a.P)]
-    header = ["entry", "closure ½ℋ:(K_in∘K_in)", "exact (I3)", "simulated n(E[S⁰] − S̄)", "z vs closure", "z vs 0"]
+    zero = bool(np.all(src.exact == 0))
+    rows = [[pair_label(p), _f(src.closure[p]), "0" if zero else _f(src.exact[p]),
+             _pm(src.simulated[p], src.simulated_se[p]), _z(src.z_closure[p]), _z(src.z_exact[p])] for p in pairs(a.P)]
+    header = ["entry", "closure ½ℋ:(K_in∘K_in)" + ("" if zero else " + b"), "exact (I3)" if zero else "exact",
+              "simulated n(E[S⁰] − S̄)", "z vs closure", "z vs 0" if zero else "z vs exact"]
     return ["### K1 source at t = 0", ""] + _table(header, rows)
 
 
 def _residual_table(a: Analysis) -> list[str]:
     res = a.v4_residual
-    rx = res.extrapolated
-    rows = [[_f(a.t[l], 3), v4_label(e)] + [_pm(rx[k][(l, *e)], rx[f"{k}_se"][(l, *e)]) for k in (*TERMS, "sum")]
+    rx, terms = res.extrapolated, residual_terms(a.diagnostics)
+    rows = [[_f(a.t[l], 3), v4_label(e)] + [_pm(rx[k][(l, *e)], rx[f"{k}_se"][(l, *e)]) for k in (*terms, "sum")]
             + [_pm(res.sim_minus_gonly[(l, *e)], res.sim_minus_gonly_se[(l, *e)])]
             for l in depth_indices(len(a.t) - 1, (0.5, 1.0)) for e in v4_entries(a.P, limit=a.P * (a.P + 1) // 2)]
     title = "### Accumulated V4 residual of the G-only closure by term (extrapolated to n → ∞; batch-means SE)"
-    return ([title, ""] + _table(["t", "entry", *TERMS, "sum", "V4_sim − V4_G-only"], rows))
+    return ([title, ""] + _table(["t", "entry", *terms, "sum", "V4_sim − V4_G-only"], rows))
 
 
 def _validity_table(a: Analysis) -> list[str]:
     v = a.validity
     rows = [[_NAMES[name], q] + [_window(v.windows[thr][name][q]) for thr in v.thresholds]
-            for name in THEORY_NAMES for q in ("V4", "K1")]
+            for name in a.theory.names() for q in ("V4", "K1")]
     rows.append([f"G-only at finite width n = {v.diag_width} (diagnose)", "V4 / K1", *["" for _ in v.thresholds[:-1]],
                  f"{_window(v.diag_windows['V4'])} / {_window(v.diag_windows['K1'])} (threshold {v.threshold:g})"])
     return (["### Validity windows (docs/failure.md#validity-window: first t where some entry errs by more than "
              "the threshold × max|sim(t)| + 2 SE; references at n → ∞: V4_cv and extrapolated K1)", ""]
             + _table(["theory", "quantity"] + [f"{100 * thr:g} %" for thr in v.thresholds], rows))
+
+
+def describe_network(cfg: dict) -> str:
+    """A title for a config (``Network.to_dict()``): ``tanh pre-activation ResNet`` (the default branch),
+    ``gelu residual network with branch [layernorm, dense(4n), phi, dense]`` or ``tanh MLP``
+    (docs/architectures.md#branches)."""
+    act = cfg["activation"]
+    if "branch" not in cfg:
+        return f"{act} MLP" if cfg.get("architecture") == "mlp" else f"{act} pre-activation ResNet"
+    layers = []
+    for layer in parse_branch(cfg["branch"])[:-1]:
+        ratio = getattr(layer, "width_ratio", None)
+        layers.append(layer.kind if ratio in (None, 1.0) else f"dense({ratio:g}n)")
+    kind = "MLP" if cfg.get("architecture") == "mlp" else "residual network"
+    return f"{act} {kind} with branch [{', '.join(layers + ['dense'])}]"
+
+
+def _config_text(cfg: dict) -> str:
+    """The config's fields as ``name = value`` text for the report header."""
+    parts = [f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in cfg.items()
+             if k not in ("depth", "K_in", "branch")]
+    if "branch" in cfg:
+        parts.append("branch = [" + ", ".join(
+            "{" + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in layer.items()) + "}"
+            for layer in cfg["branch"]) + "]")
+    return ", ".join(parts + [f"depth L = {cfg['depth']}", f"K_in = {cfg['K_in']}"])
 
 
 def render_stopped(title: str, message: str) -> str:

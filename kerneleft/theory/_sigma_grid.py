@@ -177,11 +177,12 @@ def _unit(Q: int, i: int, j: int) -> np.ndarray:
 
 
 def plane_pairings(act, C_W: float, tg, pl: Plane):
-    """March this plane's densities over the time grid ``tg`` (a :class:`.sigma.TimeGrid`).
+    """March this plane's densities over the time grid ``tg`` (a :class:`.sigma.TimeGrid`): mixing ``tg.T`` (𝒯),
+    source ½C_W(p − F)μ, or ½ tg.Msrc (p − F)μ for a branch (docs/architectures.md#sigma-branches).
 
     Returns, for the plane's targets r: Npp_st (M, S, N, n_r) = R^{num,p}(p_r) and N2_st (M, S, n_r) =
     Σ_ab R^{num,ab}(∂_ab p_r) at the S stages of every step, and Npp (L+1, N, n_r), Cpp (L+1, N, n_r) =
-    Cov_μ(p_p, p_r) at the layers.
+    Cov_μ(p_p, p_r) at the layers; with ``tg.stage_cov`` also Cpp_st (M, S, N, n_r) at the stages.
     """
     P = tg.K.shape[-1]
     pb = pair_basis(P)
@@ -209,9 +210,11 @@ def plane_pairings(act, C_W: float, tg, pl: Plane):
         return s, fft(s)
 
     def f(_n, _s, i, u):
-        du = np.einsum("pq,q...->p...", C_W * tg.Jp[i], u) + 0.5 * C_W * src(i)[1]
+        source = 0.5 * C_W * src(i)[1] if tg.Msrc is None else 0.5 * np.einsum("pq,q...->p...", tg.Msrc[i], src(i)[1])
+        du = np.einsum("pq,q...->p...", tg.T[i], u) + source
         m_hat = -sum(w * u[r] for r, w in lap)
-        return du, (pair(ifft(u)), pair(ifft(m_hat)))
+        out = (pair(ifft(u)), pair(ifft(m_hat)))
+        return du, out + (pair(src(i)[0]),) if tg.stage_cov else out
 
     def decay(i, j):
         return np.exp(-_quad(pl, tg.K[j] - tg.K[i]))
@@ -221,6 +224,5 @@ def plane_pairings(act, C_W: float, tg, pl: Plane):
         return pair(ifft(u)), pair(src(i)[0])
 
     steps = (tg.K.shape[0] - 1) // (1 if tg.scheme == "euler" else 2)
-    (Npp_st, N2_st), (Npp, Cpp) = march(f, decay, np.zeros_like(src(0)[1]), steps, tg.h, tg.stride, tg.scheme,
-                                        at_layer)
-    return Npp_st, N2_st, Npp, Cpp
+    stage, (Npp, Cpp) = march(f, decay, np.zeros_like(src(0)[1]), steps, tg.h, tg.stride, tg.scheme, at_layer)
+    return stage[0], stage[1], Npp, Cpp, (stage[2] if tg.stage_cov else None)

@@ -89,8 +89,8 @@ def hermite_pairings(act, C_W: float, tg, truncations: list[list[int]]):
     """March ω over the time grid ``tg`` (a :class:`.sigma.TimeGrid`) for each truncation set of degrees.
 
     Returns, per truncation, the same tuple as :func:`._sigma_grid.plane_pairings` for all targets: Npp_st
-    (M, S, N, N), N2_st (M, S, N), Npp (L+1, N, N), Cpp (L+1, N, N) (Cov_μ truncated to the same degrees); an
-    empty truncation gives zeros (R^num = 0). The moment tables of the largest set are computed once and sliced.
+    (M, S, N, N), N2_st (M, S, N), Npp (L+1, N, N), Cpp (L+1, N, N) (Cov_μ truncated to the same degrees), None
+    (no stage covariances: the Hermite form serves the default branch only); an empty truncation gives zeros (R^num = 0). The moment tables of the largest set are computed once and sliced.
     """
     K = tg.K
     P = K.shape[-1]
@@ -129,5 +129,5 @@ def hermite_pairings(act, C_W: float, tg, truncations: list[list[int]]):
 
         (Npp_st, N2_st), (Npp, Cpp) = march(f, None, np.zeros((N, Pi.shape[-1])), steps, tg.h, tg.stride,
                                             tg.scheme, at_layer)
-        out.append((Npp_st, N2_st, Npp, Cpp))
+        out.append((Npp_st, N2_st, Npp, Cpp, None))
     return out

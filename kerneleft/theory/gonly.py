@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..coefficients import Coefficients, coefficients, local_coefficients, source, tadpole, transport_matrix
+from ..branch import is_default
 from ..config import Network
-from ..kernel import K0_discrete, S_bar, check_depth_model, solve_ode
+from ..kernel import K0_discrete, S_bar, check_continuous, check_depth_model, solve_ode
 from ..limits import Budget, check_bytes, check_result, check_tolerance
 from ..result import KernelResult, require_finite
 from ..pairs import pair_basis
@@ -46,8 +47,12 @@ def _discrete(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = pair_basis(net.P)
     K0 = K0_discrete(net)
     c = coefficients(net, K0[:-1])
+    if not net.residual:
+        return K0, *_mlp(net, K0, c)
     eps = net.eps
     src = eps * source(K0[:-1], c.S_bar) + eps ** 2 * p.vec4(circ(p.mat(c.S_bar)))
+    if c.noise is not None:                  # inner layers' noise of S (docs/architectures.md#gonly-branches)
+        src = src + eps ** 2 * c.noise
     A = np.eye(N) + eps * c.T
     V = np.empty((L + 1, N, N))
     k1 = np.zeros((L + 1, N))
@@ -56,10 +61,48 @@ def _discrete(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         for l in range(L):
             V[l + 1] = A[l] @ V[l] @ A[l].T + src[l]
             budget.step(l + 1)
-    tad = tadpole(c, V[:-1])
+    tad = tadpole(c, V[:-1]) + (0.0 if c.bias is None else c.bias)
     for l in range(L):
         k1[l + 1] = k1[l] + eps * (c.T[l] @ k1[l] + tad[l])
     return K0, V, k1
+
+
+def _mlp(net: Network, K0: np.ndarray, c: Coefficients) -> tuple[np.ndarray, np.ndarray]:
+    """The closure for an MLP (docs/architectures.md#mlp): G^{l+1} | G^l ~ Wishart(n, S̄(G^l) + inner noise)/n, so
+    V4^{l+1} = K0^{l+1}∘K0^{l+1} + 𝒯V4^l𝒯ᵀ + noise, K1^{l+1} = 𝒯K1^l + ½ℋ:V4^l + bias; returns V (L+1,N,N), k1."""
+    p = pair_basis(net.P)
+    V = np.empty((net.depth + 1, p.N, p.N))
+    k1 = np.zeros((net.depth + 1, p.N))
+    V[0] = p.vec4(circ(net.K_in))
+    with Budget("depth", net.depth, f"G-only MLP recursion over {net.depth} layers") as budget:
+        for l in range(net.depth):
+            V[l + 1] = p.vec4(circ(K0[l + 1])) + c.T[l] @ V[l] @ c.T[l].T
+            k1[l + 1] = c.T[l] @ k1[l] + tadpole(Coefficients(*(x[l] if x is not None else None for x in c)), V[l])
+            if c.noise is not None:
+                V[l + 1] += c.noise[l]
+                k1[l + 1] += c.bias[l]
+            budget.step(l + 1)
+    return V, k1
+
+
+def _flat_coefficients(net: Network, K: np.ndarray) -> np.ndarray:
+    """The coefficients at K (m, P, P) flattened per kernel (m, ·): S̄, 𝒯 and ℋ on the local slots for the default
+    branch; S̄, 𝒯, the full ℋ and the inner-layer bias otherwise (docs/architectures.md#gonly-branches)."""
+    m = K.shape[0]
+    if is_default(net.branch):
+        return np.concatenate([x.reshape(m, -1) for x in local_coefficients(net, K)], axis=1)
+    c = coefficients(net, K)
+    return np.concatenate([c.S_bar, c.T.reshape(m, -1), c.H.reshape(m, -1), c.bias], axis=1)
+
+
+def _unflat_coefficients(net: Network, y: np.ndarray) -> Coefficients:
+    """Inverse of :func:`_flat_coefficients` for one kernel."""
+    N = net.P * (net.P + 1) // 2
+    if is_default(net.branch):
+        S_bar, T_local, H_local = np.split(y, np.cumsum([N, 3 * N]))
+        return Coefficients(S_bar, transport_matrix(T_local.reshape(N, 3)), H_local.reshape(N, 3, 3))
+    S_bar, T, H, bias = np.split(y, np.cumsum([N, N * N, N ** 3]))
+    return Coefficients(S_bar, T.reshape(N, N), None, H.reshape(N, N, N), bias)
 
 
 def _lobatto(m: int, T: float) -> np.ndarray:
@@ -87,8 +130,7 @@ def _coefficient_path(net: Network, K0_at, rtol: float, atol: float) -> tuple[Ba
 
     def values(t):
         k0 = K0_at(t).T
-        S_bar, T_local, H_local = local_coefficients(net, p.mat(k0))
-        return np.concatenate([k0, S_bar, T_local.reshape(t.size, -1), H_local.reshape(t.size, -1)], axis=1)
+        return np.concatenate([k0, _flat_coefficients(net, p.mat(k0))], axis=1)
 
     t = _lobatto(_CHEB_START, net.T)
     y = values(t)
@@ -114,6 +156,7 @@ def _continuous(net: Network, rtol: float, atol: float) -> tuple[np.ndarray, np.
     """
     p = pair_basis(net.P)
     N = p.N
+    check_continuous(net)
     check_bytes("depth", 8.0 * (net.depth + 1) * (N * N + N), f"the G-only solution over depth = {net.depth} layers")
 
     def rhs_k0(_t, k0):
@@ -123,21 +166,20 @@ def _continuous(net: Network, rtol: float, atol: float) -> tuple[np.ndarray, np.
                    atol=atol)
     with np.errstate(over="ignore", invalid="ignore"):
         path, nodes = _coefficient_path(net, k0.sol, rtol, atol)
-    cut = np.cumsum([N, N, 3 * N])
-
     def coefficients_at(t):
         if path is not None:
-            return np.split(path(t), cut)
+            y = path(t)
+            return y[:N], _unflat_coefficients(net, y[N:])
         kk = k0.sol(t)
-        return [kk, *local_coefficients(net, p.mat(kk))]
+        return kk, _unflat_coefficients(net, _flat_coefficients(net, p.mat(kk)[None])[0])
 
     def rhs(t, y):
-        kk, S_bar_t, T_local, H_local = coefficients_at(t)
-        c = Coefficients(S_bar_t, transport_matrix(T_local.reshape(N, 3)), H_local.reshape(N, 3, 3))
+        kk, c = coefficients_at(t)
         V = y[:N * N].reshape(N, N)
         TV = c.T @ V
-        dV = TV + TV.T + source(p.mat(kk), S_bar_t)
-        return np.concatenate([dV.ravel(), c.T @ y[N * N:] + tadpole(c, V)])
+        dV = TV + TV.T + source(p.mat(kk), c.S_bar)
+        dk1 = c.T @ y[N * N:] + tadpole(c, V) + (0.0 if c.bias is None else c.bias)
+        return np.concatenate([dV.ravel(), dk1])
 
     y0 = np.concatenate([p.vec4(circ(net.K_in)).ravel(), np.zeros(N)])
     sol = solve_ode(rhs, y0, net.T, "the G-only V4/K1 equations", "rtol", t_eval=net.t, rtol=rtol, atol=atol)

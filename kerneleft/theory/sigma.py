@@ -29,6 +29,12 @@ Derivation (docs/sigma.md#equations; ordered-pair sums, docs/model.md#tensor-con
    exactly the G-only V4 equation (docs/gonly.md#v4; both depth models), with dK1/dt = 𝒯K1 + ½ℋ:(V4 − K0∘K0):
    G-only minus the intra-neuron Wishart tadpole. Linear φ: p = q, Tad = 0: K1 = 0, V4 = the exact linear V4 (I4).
 
+6. Branches (docs/architectures.md#sigma-branches): Σ is the last dense layer's input; its influence function
+   σ = Mix·p (first segment starts with φ) or Mix·q (norms first) replaces p: 𝒯 = C_W J_σ, the source of R^num is
+   ½C_W Mix (p − F)μ, Y = R^num(p) Mixᵀ + 2 Ybar J_σᵀ, Tad = Mix (N2 + Hp:Ybar), and dK1/dt gains C_W B, the mean
+   shift of Σ beyond the linear response (second order of the norms, inner layers' noise). MLPs
+   (docs/architectures.md#mlp): the finite recursion :func:`mlp_recursion`.
+
 Representations of R^num, the only infinite-dimensional part:
 - ``degree="auto"``: marginal densities on coordinate planes, exact heat flow by FFT (:mod:`._sigma_grid`);
   spectral in the grid for smooth φ; P <= 3. Refined until V4 and K1 change by < tol.
@@ -45,9 +51,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..coefficients import derivatives, hessian_pairs, jacobian_pairs
+from ..branch import is_default, segments
+from ..coefficients import (Jet, branch_jet, branch_stages, derivatives, first_segment, hessian_pairs,
+                            jacobian_pairs, phi_jet, propagate, segment_jet, segment_maps, segment_noise)
 from ..config import Network
-from ..kernel import K0_continuous, K0_discrete, check_depth_model
+from ..kernel import K0_continuous, K0_discrete, check_continuous, check_depth_model
 from ..pairs import pair_basis
 from ..result import KernelResult, require_finite
 from ..tensors import circ
@@ -68,12 +76,32 @@ DEFAULT_TOL = 1e-3
 _TOL_MIN, _TOL_MAX = 1e-10, 0.5    # below 1e-10 rounding in the FFTs and the marching dominates the level changes
 
 
+class Branch(NamedTuple):
+    """A branch's pieces at the nodes (docs/architectures.md#sigma-branches); leading axis the nodes.
+
+    kind : "p" (the first segment starts with φ: its influence is D_first·p) or "q" (norms or nothing: D_first·q).
+    first : the first segment's post/pre map (jet at F(K0) or K0), D_first = first.D.
+    Mix (nodes, N, N) : σ = Mix·p (kind p) or Mix·q (kind q), Mix = D_rest·D_first, with D_rest the Jacobian of Σ̄
+    with respect to X_1.   stages : the later segments (:class:`kerneleft.coefficients.BranchStage`).
+    Jsig (nodes, N, N) : J_σ = ½E[∂²σ] = DΣ̄ (with multiplicities, as Jp).
+    """
+
+    kind: str
+    first: Jet
+    Mix: np.ndarray
+    stages: list
+    Jsig: np.ndarray
+
+
 class TimeGrid(NamedTuple):
     """Coefficients at the nodes of the time marching (:mod:`._sigma_march`).
 
     scheme "rk4" (continuous): nodes t_i = i h/2, i = 0..2M, M = L·stride steps of size h = ε/stride.
     scheme "euler" (discrete): nodes t_l = l ε, h = ε, stride = 1, K the discrete K0 (docs/gonly.md#k0).
     K (nodes, P, P);  Jp (nodes, N, N);  Hp (nodes, N, N, N);  C4 (nodes, N, N) = K0∘K0 (pair basis).
+    T (nodes, N, N) : 𝒯 = C_W J_σ, J_σ = DΣ̄ (C_W·Jp for the default branch).
+    Msrc : None (default branch: the source is ½C_W(p − F)μ) or (nodes, N, N) C_W·Mix (docs/architectures.md
+    #sigma-branches).   br : None or the :class:`Branch`.   stage_cov : record Cov_μ(p, p) at the stages too.
     """
 
     scheme: str
@@ -83,19 +111,43 @@ class TimeGrid(NamedTuple):
     Jp: np.ndarray
     Hp: np.ndarray
     C4: np.ndarray
+    T: np.ndarray
+    Msrc: np.ndarray | None = None
+    br: Branch | None = None
+    stage_cov: bool = False
 
 
 class Pairings(NamedTuple):
-    """R^num at the stages of every step (Npp_st (M,S,N,N), N2_st (M,S,N)) and at the layers (Npp, Cpp (L+1,N,N))."""
+    """R^num at the stages of every step (Npp_st (M,S,N,N), N2_st (M,S,N)) and at the layers (Npp, Cpp (L+1,N,N));
+    Cpp_st (M,S,N,N) = Cov_μ(p, p) at the stages when the time grid asks for it (else None)."""
 
     Npp_st: np.ndarray
     N2_st: np.ndarray
     Npp: np.ndarray
     Cpp: np.ndarray
+    Cpp_st: np.ndarray | None = None
+
+
+def _branch(net: Network, K: np.ndarray, Jp: np.ndarray) -> Branch:
+    """The :class:`Branch` at the kernels K (nodes, P, P) (docs/architectures.md#sigma-branches)."""
+    p = pair_basis(net.P)
+    x = p.vec(K)
+    maps = segment_maps(segments(net.branch)[0])
+    kind = "p" if maps and maps[0] == "phi" else "q"
+    rest = maps[1:] if kind == "p" else maps
+    X_in = phi_jet(net.phi, x, net.P).y if kind == "p" else x
+    first = segment_jet(rest, net.phi, X_in, net.P)
+    stages = branch_stages(net, first.y)
+    N = p.N
+    eye = np.broadcast_to(np.eye(N), first.D.shape)
+    D_rest = branch_jet(Jet(first.y, eye, np.zeros(first.D.shape + (N,))), stages).D
+    Mix = D_rest @ first.D
+    return Branch(kind, first, Mix, stages, Mix @ Jp if kind == "p" else Mix)
 
 
 def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
-    """K0, Jp, Hp and K0∘K0 at the nodes: continuous (RK4, ``stride`` steps per layer) or discrete (per layer).
+    """K0, Jp, Hp, K0∘K0 and the branch's operators at the nodes: continuous (RK4, ``stride`` steps per layer) or
+    discrete (per layer).
 
     J[r, s] = ½E[∂_s p_r], H[r, p, s] = ¼E[∂_p∂_s p_r] (docs/gonly.md#coefficients) from one engine call:
     :func:`kerneleft.coefficients.derivatives`, the source of the G-only 𝒯 = C_W·Jp and ℋ too.
@@ -103,7 +155,7 @@ def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
     p = pair_basis(net.P)
     N = p.N
     nodes = net.depth + 1 if depth_model == "discrete" else 2 * net.depth * stride + 1
-    limits.check_bytes("depth", 8.0 * nodes * (net.P ** 2 + 3 * N ** 2 + 3 * N ** 3),
+    limits.check_bytes("depth", 8.0 * nodes * (net.P ** 2 + 5 * N ** 2 + 4 * N ** 3),
                        f"the sigma coefficients at {nodes} time nodes (depth = {net.depth})")
     if depth_model == "discrete":
         K, scheme, h, stride = K0_discrete(net), "euler", net.eps, 1
@@ -111,18 +163,31 @@ def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
         M = net.depth * stride
         K, scheme, h = K0_continuous(net.replace(depth=2 * M)), "rk4", net.T / M
     d = derivatives(net.phi, K)
-    return TimeGrid(scheme, h, stride, K, jacobian_pairs(d), hessian_pairs(d), p.vec4(circ(K)))
+    Jp, Hp, C4 = jacobian_pairs(d), hessian_pairs(d), p.vec4(circ(K))
+    if is_default(net.branch):
+        return TimeGrid(scheme, h, stride, K, Jp, Hp, C4, net.C_W * Jp)
+    br = _branch(net, K, Jp)
+    Msrc = net.C_W * br.Mix if br.kind == "p" else None
+    return TimeGrid(scheme, h, stride, K, Jp, Hp, C4, net.C_W * br.Jsig, Msrc, br,
+                    stage_cov=br.kind == "p" and (bool(br.stages) or br.first.D2.any()) and scheme == "rk4")
 
 
 def grid_pairings(net: Network, tg: TimeGrid, n: int, box: float = _BOX) -> Pairings:
-    """Pairings of R^num from the plane-grid representation with n nodes per axis (P <= 3)."""
+    """Pairings of R^num from the plane-grid representation with n nodes per axis (P <= 3). A branch whose
+    influence is quadratic (kind q, docs/architectures.md#sigma-branches) needs none: zeros."""
     N = tg.Jp.shape[-1]
+    if tg.br is not None and tg.br.kind == "q":
+        steps, S = (tg.K.shape[0] - 1) // (1 if tg.scheme == "euler" else 2), (1 if tg.scheme == "euler" else 4)
+        L1 = (steps // tg.stride) + 1
+        return Pairings(np.zeros((steps, S, N, N)), np.zeros((steps, S, N)), np.zeros((L1, N, N)),
+                        np.zeros((L1, N, N)))
     parts = [(pl.targets, _sigma_grid.plane_pairings(net.phi, net.C_W, tg, pl))
              for pl in _sigma_grid.planes(net.phi, tg.K, n, box)]
-    out = [np.empty(x.shape[:-1] + (N,)) for x in parts[0][1]]
+    out = [None if x is None else np.empty(x.shape[:-1] + (N,)) for x in parts[0][1]]
     for r, arrays in parts:
         for o, x in zip(out, arrays):
-            o[..., r] = x
+            if o is not None:
+                o[..., r] = x
     return Pairings(*out)
 
 
@@ -132,24 +197,64 @@ def hermite_pairings(net: Network, tg: TimeGrid, truncations: list[list[int]]) -
     return [Pairings(*pr) for pr in _sigma_hermite.hermite_pairings(net.phi, net.C_W, tg, truncations)]
 
 
+def _first_cov(tg: TimeGrid, i, Ybar: np.ndarray, Npp: np.ndarray, Cpp: np.ndarray | None, Nq: np.ndarray):
+    """n Cov[X_1] of the first segment's output and its mean shift b_1 beyond the linear response
+    (docs/architectures.md#sigma-branches): kind p from n Cov[⟨p⟩] = Cov_μ(p, p) + W(p, p), kind q from V4."""
+    br, Jp = tg.br, tg.Jp[i]
+    if br.kind == "p":
+        Yp = Npp + 2 * Ybar @ Jp.swapaxes(-1, -2)
+        JY = Jp @ Yp
+        Cin = Cpp + 2 * (JY + JY.swapaxes(-1, -2))
+    else:
+        Z = Nq + 2 * Ybar
+        Cin = tg.C4[i] + 2 * (Z + Z.swapaxes(-1, -2))
+    D, D2 = br.first.D[i], br.first.D2[i]
+    return 0.5 * np.einsum("...rst,...st->...r", D2, Cin), D @ Cin @ D.swapaxes(-1, -2)
+
+
+def _stages_at(br: Branch, i) -> list:
+    return [st._replace(jet=Jet(*(x[i] for x in st.jet)), b=st.b[i], C=st.C[i]) for st in br.stages]
+
+
+def _sigma_moments(tg: TimeGrid, i, Ybar, Npp, Cpp, Nq) -> tuple[np.ndarray, np.ndarray]:
+    """(B, n Cov[Σ]) at node(s) i for a branch: B = n(E Σ − Σ̄) − m(σ), the second-order and inner-layer part of
+    the mean shift of the last dense layer's input, and its covariance (docs/architectures.md#sigma-branches)."""
+    b1, C1 = _first_cov(tg, i, Ybar, Npp, Cpp, Nq)
+    return propagate(_stages_at(tg.br, i), b1, C1)
+
+
 def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """March (Ybar, Nq, k1) driven by the stage pairings; returns each at the layers: (L+1,N,N)², (L+1,N).
 
-    Module doc step 3 with 𝒯 = ``T`` = C_W·Jp and Tad = N2 + Hp:Ybar (docs/sigma.md#rnum). Discrete depth adds the
-    exact O(ε²) term Ybar += ε² C_W²/8 · n Cov[Σ] per layer (module doc).
+    Module doc step 3 with 𝒯 = ``tg.T`` (C_W·Jp) and Tad = N2 + Hp:Ybar (docs/sigma.md#rnum). Discrete depth adds the
+    exact O(ε²) term Ybar += ε² C_W²/8 · n Cov[Σ] per layer (module doc). A branch (docs/architectures.md
+    #sigma-branches) replaces p by σ = Mix·p or Mix·q in Y and Tad and adds its mean shift B to dK1/dt.
     """
     C_W, N = net.C_W, tg.Jp.shape[-1]
     cut = [N * N, 2 * N * N]
+    br = tg.br
 
     def f(n, s, i, y):
         Ybar, Nq, k1 = y[:cut[0]].reshape(N, N), y[cut[0]:cut[1]].reshape(N, N), y[cut[1]:]
-        T = C_W * tg.Jp[i]
-        Y = pr.Npp_st[n, s] + 2 * Ybar @ tg.Jp[i].T
-        dYbar = T @ Ybar + 0.5 * C_W * Y.T
-        if tg.scheme == "euler":
-            JY = tg.Jp[i] @ Y
-            dYbar = dYbar + tg.h * C_W ** 2 / 8 * (pr.Cpp[n] + 2 * (JY + JY.T))
-        Tad = pr.N2_st[n, s] + np.einsum("rps,ps->r", tg.Hp[i], Ybar)
+        T = tg.T[i]
+        if br is None:
+            Y = pr.Npp_st[n, s] + 2 * Ybar @ tg.Jp[i].T
+            Tad = pr.N2_st[n, s] + np.einsum("rps,ps->r", tg.Hp[i], Ybar)
+            dYbar = T @ Ybar + 0.5 * C_W * Y.T
+            if tg.scheme == "euler":
+                JY = tg.Jp[i] @ Y
+                dYbar = dYbar + tg.h * C_W ** 2 / 8 * (pr.Cpp[n] + 2 * (JY + JY.T))
+        else:
+            p_kind = br.kind == "p"
+            Y = (pr.Npp_st[n, s] if p_kind else Nq) @ br.Mix[i].T + 2 * Ybar @ br.Jsig[i].T
+            Tad = br.Mix[i] @ (pr.N2_st[n, s] + np.einsum("rps,ps->r", tg.Hp[i], Ybar)) if p_kind else np.zeros(N)
+            dYbar = T @ Ybar + 0.5 * C_W * Y.T
+            if tg.scheme == "euler" or tg.stage_cov or not p_kind:      # else B = 0: no later stage, linear first
+                Cpp = (pr.Cpp[n] if tg.scheme == "euler" else pr.Cpp_st[n, s]) if p_kind else None
+                B, CS = _sigma_moments(tg, i, Ybar, pr.Npp_st[n, s] if p_kind else None, Cpp, Nq)
+                Tad = Tad + B
+                if tg.scheme == "euler":
+                    dYbar = dYbar + tg.h * C_W ** 2 / 8 * CS
         dk1 = T @ k1 + C_W * Tad
         return np.concatenate([dYbar.ravel(), (T @ Nq + 0.5 * T @ tg.C4[i]).ravel(), dk1]), ()
 
@@ -159,21 +264,69 @@ def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np
 
 
 def assemble(net: Network, tg: TimeGrid, pr: Pairings) -> dict[str, np.ndarray]:
-    """K0, V4, K1, covSigma, covGSigma at the layers (shapes (L+1,P,P) and (L+1,P,P,P,P)); module doc step 3."""
+    """K0, V4, K1, covSigma, covGSigma at the layers (shapes (L+1,P,P) and (L+1,P,P,P,P)); module doc step 3, with
+    σ for a branch (docs/architectures.md#sigma-branches)."""
     Ybar, Nq, k1 = collective(net, tg, pr)
     lay = [layer_node(tg.scheme, tg.stride, l) for l in range(net.depth + 1)]
     Jp, C4, p = tg.Jp[lay], tg.C4[lay], pair_basis(net.P)
-    Y = pr.Npp + 2 * Ybar @ Jp.swapaxes(-1, -2)
     Z = Nq + 2 * Ybar
-    JY, JZ = Jp @ Y, Jp @ Z
-    return {"K0": tg.K[lay], "V4": p.mat4(C4 + 2 * (Z + Z.swapaxes(-1, -2))), "K1": p.mat(k1),
-            "covSigma": p.mat4(pr.Cpp + 2 * (JY + JY.swapaxes(-1, -2))),
-            "covGSigma": p.mat4((Jp @ C4).swapaxes(-1, -2) + 2 * Y + 2 * JZ.swapaxes(-1, -2))}
+    out = {"K0": tg.K[lay], "V4": p.mat4(C4 + 2 * (Z + Z.swapaxes(-1, -2))), "K1": p.mat(k1)}
+    if tg.br is None:
+        Y = pr.Npp + 2 * Ybar @ Jp.swapaxes(-1, -2)
+        JY, JZ = Jp @ Y, Jp @ Z
+        out.update(covSigma=p.mat4(pr.Cpp + 2 * (JY + JY.swapaxes(-1, -2))),
+                   covGSigma=p.mat4((Jp @ C4).swapaxes(-1, -2) + 2 * Y + 2 * JZ.swapaxes(-1, -2)))
+        return out
+    br = tg.br
+    Jsig = br.Jsig[lay]
+    Mix = br.Mix[lay]
+    Rnum = pr.Npp @ Mix.swapaxes(-1, -2) if br.kind == "p" else Nq @ Mix.swapaxes(-1, -2)
+    Y = Rnum + 2 * Ybar @ Jsig.swapaxes(-1, -2)
+    _, CS = _sigma_moments(tg, lay, Ybar, pr.Npp if br.kind == "p" else None, pr.Cpp, Nq)
+    JZ = Jsig @ Z
+    out.update(covSigma=p.mat4(CS),
+               covGSigma=p.mat4((Jsig @ C4).swapaxes(-1, -2) + 2 * Y + 2 * JZ.swapaxes(-1, -2)))
+    return out
+
+
+def mlp_recursion(net: Network) -> dict[str, np.ndarray]:
+    """The exact leading order for an MLP (docs/architectures.md#mlp): given S^{l−1}, the block's input neurons are
+    iid N(0, S^{l−1}), so A^l = n Cov[S^l] and b^l = n(E S^l − S̄^l) obey the finite recursion (Roberts–Yaida for
+    the default block) A^l = C_W²(D A^{l−1} Dᵀ + C^l), b^l = C_W(D b^{l−1} + ½D2:A^{l−1} + b_noise^l), with D, D2 the
+    jets of K -> Σ̄(K) at K0^l and (b_noise, C) the branch's own finite-width noise (first segment on n neurons);
+    V4^{l+1} = K0^{l+1}∘K0^{l+1} + A^l, K1^{l+1} = b^l, n Cov[Σ^l] = D A^{l−1} Dᵀ + C^l, n Cov[G^l, Σ^l] = V4^l Dᵀ.
+    Returns K0, K1 (L+1,P,P), V4, covSigma, covGSigma (L+1,P,P,P,P)."""
+    p = pair_basis(net.P)
+    K = K0_discrete(net)
+    x = p.vec(K)
+    first = first_segment(net, x)
+    stages = branch_stages(net, first.jet.y)
+    jet = branch_jet(first.jet, stages)
+    bN, CN = propagate(stages, *segment_noise(first.maps, net.phi, x, net.P))
+    L, N = net.depth, p.N
+    V = np.empty((L + 1, N, N))
+    k1 = np.zeros((L + 1, N))
+    cS, cGS = np.empty((L + 1, N, N)), np.empty((L + 1, N, N))
+    V[0] = p.vec4(circ(net.K_in))
+    A, bS = np.zeros((N, N)), np.zeros(N)
+    for l in range(L + 1):
+        D = jet.D[l]
+        cS[l] = D @ A @ D.T + CN[l]
+        cGS[l] = V[l] @ D.T
+        if l < L:
+            bX = D @ bS + 0.5 * np.einsum("rst,st->r", jet.D2[l], A) + bN[l]
+            A, bS = net.C_W ** 2 * cS[l], net.C_W * bX
+            V[l + 1] = p.vec4(circ(K[l + 1])) + A
+            k1[l + 1] = bS
+    return {"K0": K, "V4": p.mat4(V), "K1": p.mat(k1), "covSigma": p.mat4(cS), "covGSigma": p.mat4(cGS)}
 
 
 def _rel_change(new: dict, old: dict) -> float:
-    """max over V4 and K1 of max|new − old| / max|new|."""
-    return max(float(np.max(np.abs(new[k] - old[k])) / max(np.max(np.abs(new[k])), 1e-300)) for k in ("V4", "K1"))
+    """max over V4 and K1 of max|new − old| / max|new|, the scale floored at 1e-12·max|K0|^k (k = 2 for V4, 1 for
+    K1): an exactly vanishing K1 (linear φ) is not refined on its rounding noise."""
+    k0 = float(np.max(np.abs(new["K0"])))
+    return max(float(np.max(np.abs(new[k] - old[k])) / max(np.max(np.abs(new[k])), 1e-12 * k0 ** e, 1e-300))
+               for k, e in (("V4", 2), ("K1", 1)))
 
 
 def _degrees(degree) -> list[int]:
@@ -296,8 +449,16 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
                         f"the sigma result over depth = {net.depth} layers")
     t0 = time.perf_counter()
     meta = {"kind": "theory", "closure": "sigma", "depth_model": depth_model, "config": net.to_dict()}
+    if not net.residual and depth_model == "continuous":
+        check_continuous(net)
+    if not (net.residual and is_default(net.branch)) and degree != "auto":
+        raise InputError(f"degree: the Hermite representation serves the default resnet block only; use "
+                         f"degree='auto' for this {'branch' if net.residual else 'MLP'}")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if degree != "auto":
+        if not net.residual:
+            arrays = _finite(net, mlp_recursion(net))
+            meta.update(representation="recursion", error_estimate=0.0)
+        elif degree != "auto":
             arrays = _hermite(net, depth_model, degree, s0, meta)
         elif net.P > _sigma_grid.MAX_P:
             raise InputError(f"K_in: degree='auto' supports P <= {_sigma_grid.MAX_P} inputs, got P = {net.P} "
