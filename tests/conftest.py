@@ -6,7 +6,7 @@ run ``python -m pytest -m "not slow"``.
 
 Helpers used by several test modules are imported from here (``from conftest import ...``): the small tanh
 network ``SMALL`` (dict and TOML text), the TOML writer, the one-error-line check of the CLI and the
-bit-identity checks of results and sweep tables.
+bit-identity checks of results and sweep tables, and the two-ensemble z statistic ``max_z``.
 """
 import json
 import math
@@ -74,3 +74,13 @@ def assert_same_table(path_a, path_b):
             rows = a.filter(bad)
             diff[col] = (rows.num_rows, sorted(set(rows["quantity"].to_pylist())), sorted(set(rows["cell"].to_pylist())))
     raise AssertionError(f"tables differ: {diff}")
+
+
+def max_z(a, b, keys):
+    """max |a − b| / sqrt(se_a² + se_b²) over the arrays ``keys`` of two simulation results (0/0 -> 0)."""
+    z = []
+    for k in keys:
+        se = np.hypot(a.se[k], b.se[k])
+        d = a[k] - b[k]
+        z.append(np.max(np.abs(np.divide(d, se, out=np.zeros_like(d), where=se > 0))))
+    return max(z)

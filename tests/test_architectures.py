@@ -10,7 +10,7 @@ import pytest
 from scipy import special
 from scipy.integrate import solve_ivp
 
-from conftest import assert_identical, one_error, toml_text
+from conftest import assert_identical, max_z, one_error, toml_text
 from kerneleft import Network, ensemble
 from kerneleft.cli import main
 from kerneleft.errors import InputError
@@ -32,13 +32,8 @@ def _net(depth=3, **kw):
 
 
 def _max_z(a, b, keys=KEYS):
-    """max |a − b| / sqrt(se_a² + se_b²) over the arrays ``keys`` of two simulation results (0/0 -> 0)."""
-    z = []
-    for k in keys:
-        se = np.hypot(a.se[k], b.se[k])
-        d = a[k] - b[k]
-        z.append(np.max(np.abs(np.divide(d, se, out=np.zeros_like(d), where=se > 0))))
-    return max(z)
+    """:func:`conftest.max_z` over G_mean, V4, Sigma_mean and covSigma by default."""
+    return max_z(a, b, keys)
 
 
 def _sim(net, width, samples, seed, method="conditional", **kw):

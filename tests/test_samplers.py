@@ -6,6 +6,7 @@ the same test must reject.
 import numpy as np
 import pytest
 
+from conftest import max_z
 from kerneleft import Network
 from kerneleft import ensemble, samplers
 from kerneleft.estimators import Moments
@@ -18,16 +19,6 @@ Z_OK, Z_BAD = 4.5, 8.0
 
 def _net(act, **kw):
     return Network(**{"activation": act, "C_W": 2.0, "C_b": 0.1, "T": 1.5, "depth": 3, "K_in": K_IN, **kw})
-
-
-def _max_z(a, b, keys):
-    """max |a − b| / sqrt(se_a² + se_b²) over the arrays ``keys`` of two simulation results (0/0 -> 0)."""
-    z = []
-    for k in keys:
-        se = np.hypot(a.se[k], b.se[k])
-        d = a[k] - b[k]
-        z.append(np.max(np.abs(np.divide(d, se, out=np.zeros_like(d), where=se > 0))))
-    return max(z)
 
 
 def _dropped_sqrt_eps(net, width, size, rng):
@@ -53,10 +44,10 @@ def test_conditional_matches_weights(act, width, monkeypatch):
     ref = ensemble.simulate(net, width, seed=1, method="weights", **kw)
     cond = ensemble.simulate(net, width, seed=2, method="conditional", **kw)
     keys = ("G_mean", "V4", "Sigma_mean")
-    assert _max_z(cond, ref, keys) < Z_OK
+    assert max_z(cond, ref, keys) < Z_OK
     monkeypatch.setitem(ensemble.METHODS, "dropped-sqrt-eps", _dropped_sqrt_eps)
     wrong = ensemble.simulate(net, width, seed=2, method="dropped-sqrt-eps", **kw)
-    assert _max_z(wrong, ref, keys) > Z_BAD
+    assert max_z(wrong, ref, keys) > Z_BAD
 
 
 def _I1_z(sampler, net, width, size=4000, seed=3):
