@@ -161,10 +161,15 @@ def _theory_options(closure: str, flags: dict) -> dict:
               help=f"g-only only: ODE relative tolerance [default: {GOnlyOptions.rtol:g}].")
 @click.option("--atol", type=float, default=None,
               help=f"g-only only: ODE absolute tolerance [default: {GOnlyOptions.atol:g}].")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="sigma only: processes for the plane grids (independent sub-problems; same numbers).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
-def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
+def theory(config, closure, depth_model, degree, tol, rtol, atol, workers, json_out):
     """Leading-order theory: K0, V4 = n Cov[G], K1 with E[G] ≈ K0 + K1/n."""
     net = load_config(config)
+    check_workers("--workers", workers)
+    if workers != 1 and closure != "sigma":
+        raise InputError("--workers: applies to --closure sigma only")
     with _as_options(*_THEORY_FLAGS):
         options = make_options(closure, **_theory_options(closure, {"degree": degree, "tol": tol, "rtol": rtol,
                                                                      "atol": atol}))
@@ -172,7 +177,7 @@ def theory(config, closure, depth_model, degree, tol, rtol, atol, json_out):
         depth_model = "continuous" if net.residual else "discrete"
     check_output_file("--json", json_out)
     with _as_options("depth_model"):
-        res = solve(net, closure=closure, depth_model=depth_model, options=options)
+        res = solve(net, closure=closure, depth_model=depth_model, options=options, pool=workers)
     write_json(res, json_out)
     click.echo(_summary(res, ("K0", "K1")))
 

@@ -32,7 +32,7 @@ LAYERS = {
     "cli": 12,
     "": 13, "__main__": 14,
 }
-MONTE_CARLO = ("samplers", "estimators", "ensemble", "maps", "distributed")
+MONTE_CARLO = ("samplers", "estimators", "ensemble", "distributed")   # maps: the generic parallel map (ensembles, sigma planes)
 
 
 def _modules() -> dict[str, Path]:

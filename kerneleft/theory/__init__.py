@@ -37,15 +37,17 @@ EXACT_RTOL = 1e-12          # rounding-level ties: merged by every solver
 
 @dataclass(frozen=True)
 class Closure:
-    """A theory: ``solve(net, depth_model=..., **fields of options_type)`` and its frozen options dataclass."""
+    """A theory: ``solve(net, depth_model=..., **fields of options_type)`` and its frozen options dataclass;
+    ``parallel``: its solver takes ``pool=`` (independent sub-problems through :func:`kerneleft.maps.as_map`)."""
 
     name: str
     solve: Callable[..., KernelResult]
     options_type: type
+    parallel: bool = False
 
 
 CLOSURES: dict[str, Closure] = {c.name: c for c in (Closure("g-only", solve_gonly, GOnlyOptions),
-                                                    Closure("sigma", solve_sigma, SigmaOptions))}
+                                                    Closure("sigma", solve_sigma, SigmaOptions, parallel=True))}
 
 
 def _closure(name) -> Closure:
@@ -103,31 +105,36 @@ def expand(arr: np.ndarray, rep: np.ndarray) -> np.ndarray:
     return arr[(slice(None),) + np.ix_(*[rep] * (arr.ndim - 1))]
 
 
-def _solve_distinct(net: Network, closure: str, depth_model: str, opts) -> KernelResult:
+def _solve_distinct(net: Network, closure: str, depth_model: str, opts, pool=None) -> KernelResult:
     if closure == "sigma" and np.linalg.eigvalsh(net.K_in)[0] <= 1e-12 * np.trace(net.K_in):
         raise InputError("K_in: the sigma theory needs linearly independent inputs (identical inputs are merged "
                          "automatically; other singular input kernels are not supported)")
-    return CLOSURES[closure].solve(net, depth_model=depth_model, **dataclasses.asdict(opts))
+    extra = {"pool": pool} if CLOSURES[closure].parallel else {}
+    return CLOSURES[closure].solve(net, depth_model=depth_model, **dataclasses.asdict(opts), **extra)
 
 
-def solve(net: Network, closure: str, depth_model: str = "continuous", options=None, **opts) -> KernelResult:
+def solve(net: Network, closure: str, depth_model: str = "continuous", options=None, pool=None,
+          **opts) -> KernelResult:
     """Solve the theory named by ``closure`` (a key of :data:`CLOSURES`: "g-only" or "sigma").
 
     ``depth_model``: "continuous" or "discrete" (checked here, for every closure). ``options``: the closure's
     options dataclass (:class:`~.gonly.GOnlyOptions`, :class:`~.sigma.SigmaOptions`) or None for the defaults;
     ``opts``: fields of it to set (``tol=1e-4``); see :func:`make_options`. Nearly identical inputs are merged first
     (module docstring); meta then has ``merged_inputs`` (rep[a] for every input) and ``merge_rtol`` (τ).
+    ``pool``: where a parallel closure (sigma: its plane grids) runs, :func:`kerneleft.maps.as_map`; the numbers do
+    not depend on it. InputError for a closure that runs serially (g-only) given a pool other than None or 1.
     """
     if not isinstance(net, Network):
         raise InputError(f"net: must be a kerneleft Network, got {type(net).__name__}")
-    _closure(closure)
+    if not _closure(closure).parallel and pool not in (None, 1):
+        raise InputError(f"pool: the {closure} closure runs serially (only sigma takes a pool)")
     check_depth_model("depth_model", depth_model)
     opts = make_options(closure, options, **opts)
     tau = merge_rtol(closure, opts)
     rep, first = representatives(net.K_in, tau)
     if first.size == net.P:
-        return _solve_distinct(net, closure, depth_model, opts)
-    res = _solve_distinct(net.replace(K_in=net.K_in[np.ix_(first, first)]), closure, depth_model, opts)
+        return _solve_distinct(net, closure, depth_model, opts, pool)
+    res = _solve_distinct(net.replace(K_in=net.K_in[np.ix_(first, first)]), closure, depth_model, opts, pool)
     arrays = {k: expand(v, rep) for k, v in res.arrays.items()}
     meta = dict(res.meta, config=net.to_dict(), merged_inputs=rep.tolist(), merge_rtol=tau)
     return KernelResult(res.t, arrays, {k: expand(v, rep) for k, v in res.se.items()}, meta)

@@ -37,7 +37,8 @@ Derivation (docs/sigma.md#equations; ordered-pair sums, docs/model.md#tensor-con
 
 Representations of R^num, the only infinite-dimensional part:
 - ``degree="auto"``: marginal densities on coordinate planes, exact heat flow by FFT (:mod:`._sigma_grid`);
-  spectral in the grid for smooth φ; P <= 3. Refined until V4 and K1 change by < tol.
+  spectral in the grid for smooth φ; any P (planes are independent sub-problems, ``pool``). Refined until V4 and
+  K1 change by < tol.
 - ``degree=D``: Hermite/Galerkin, total degree 1..D (:mod:`._sigma_hermite`); ``"quadratic"``: degree 2 only.
   Slow for K1: Tad pairs the degree-k components of the source with ∂²p at degree k+2, a tail ~ Σ_k c_k/k.
 Time (:mod:`._sigma_march`): integrating-factor RK4 with ``substeps`` steps per layer, or the layer recursion.
@@ -64,12 +65,13 @@ from ._sigma_march import layer_node, march
 from ..validate import check_int
 from .. import limits
 from ..errors import ConvergenceError, InputError
+from ..maps import as_map, describe
 
 __all__ = ["SigmaOptions", "solve_sigma", "TimeGrid", "time_grid", "Pairings", "grid_pairings", "hermite_pairings",
            "collective", "assemble"]
 
 _MIN_STEPS = 32          # RK4 steps over [0, T] at the coarsest level
-_GRID0 = {1: 96, 2: 48, 3: 48}
+_GRID0 = {1: 96}                  # nodes per axis at level 0: 96 on the line (P = 1), 48 on the planes
 _BOX = 8.0               # plane half-width in standard deviations
 _MAX_LEVELS = 7
 DEFAULT_TOL = 1e-3
@@ -172,17 +174,30 @@ def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
                     stage_cov=br.kind == "p" and (bool(br.stages) or br.first.D2.any()) and scheme == "rk4")
 
 
-def grid_pairings(net: Network, tg: TimeGrid, n: int, box: float = _BOX) -> Pairings:
-    """Pairings of R^num from the plane-grid representation with n nodes per axis (P <= 3). A branch whose
-    influence is quadratic (kind q, docs/architectures.md#sigma-branches) needs none: zeros."""
+def _plane_task(task: tuple):
+    """Worker entry point: ``task = (act, C_W, tg, plane)`` -> (plane.targets, :func:`._sigma_grid.plane_pairings`)."""
+    act, C_W, tg, pl = task
+    return pl.targets, _sigma_grid.plane_pairings(act, C_W, tg, pl)
+
+
+def grid_pairings(net: Network, tg: TimeGrid, n: int, box: float = _BOX, pool=None) -> Pairings:
+    """Pairings of R^num from the plane-grid representation with n nodes per axis, any P (docs/sigma.md
+    #representations): the planes are independent sub-problems, run through ``pool`` (:func:`kerneleft.maps.as_map`;
+    the numbers do not depend on it), with a progress bar (and the time limit) over planes. A branch whose influence
+    is quadratic (kind q, docs/architectures.md#sigma-branches) needs none: zeros."""
     N = tg.Jp.shape[-1]
     if tg.br is not None and tg.br.kind == "q":
         steps, S = (tg.K.shape[0] - 1) // (1 if tg.scheme == "euler" else 2), (1 if tg.scheme == "euler" else 4)
         L1 = (steps // tg.stride) + 1
         return Pairings(np.zeros((steps, S, N, N)), np.zeros((steps, S, N)), np.zeros((L1, N, N)),
                         np.zeros((L1, N, N)))
-    parts = [(pl.targets, _sigma_grid.plane_pairings(net.phi, net.C_W, tg, pl))
-             for pl in _sigma_grid.planes(net.phi, tg.K, n, box)]
+    slim = tg._replace(Jp=None, Hp=None, C4=None, br=None)          # what a plane needs (docs/sigma.md#rnum)
+    pls = _sigma_grid.planes(net.phi, tg.K, n, box)
+    parts = []
+    with limits.Budget("K_in", len(pls), f"sigma plane grids (P = {net.P}, {len(pls)} planes, grid {n})") as bud:
+        for part in as_map(pool)(_plane_task, ((net.phi, net.C_W, slim, pl) for pl in pls)):
+            parts.append(part)
+            bud.step(len(parts))
     out = [None if x is None else np.empty(x.shape[:-1] + (N,)) for x in parts[0][1]]
     for r, arrays in parts:
         for o, x in zip(out, arrays):
@@ -373,7 +388,7 @@ def _next_level_seconds(cumulative: list[float]) -> float:
 
 
 def _grid(net: Network, depth_model: str, n0: int, s0: int, first: int, levels: int, tol: float | None,
-          t0: float) -> tuple[dict, list, TimeGrid]:
+          t0: float, pool=None) -> tuple[dict, list, TimeGrid]:
     """Plane-grid runs at refinement levels first..first+levels−1, stopping early once the relative change of V4
     and K1 is < ``tol`` (None: run them all). Refuses (ConvergenceError) a next level whose time, extrapolated
     from the last two, would pass :data:`kerneleft.limits.MAX_SECONDS`."""
@@ -388,7 +403,7 @@ def _grid(net: Network, depth_model: str, n0: int, s0: int, first: int, levels: 
                     f"{history[-1]['grid']}); the next would take ~{limits.duration(ahead)} (limit "
                     f"{limits.duration(limits.MAX_SECONDS)}): raise tol (--tol) or use a fixed --degree")
         tg = time_grid(net, depth_model, s) if tg is None or tg.scheme == "rk4" else tg
-        new = _finite(net, assemble(net, tg, grid_pairings(net, tg, nl)))
+        new = _finite(net, assemble(net, tg, grid_pairings(net, tg, nl, pool=pool)))
         err = None if arrays is None else _rel_change(new, arrays)
         history.append({"grid": nl, "substeps": tg.stride, "change": err, "seconds": time.perf_counter() - t0})
         arrays = new
@@ -425,17 +440,20 @@ class SigmaOptions:
 
 
 def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", tol: float = DEFAULT_TOL, *,
-                grid: int | None = None, substeps: int | None = None, max_levels: int = _MAX_LEVELS) -> KernelResult:
+                grid: int | None = None, substeps: int | None = None, max_levels: int = _MAX_LEVELS,
+                pool=None) -> KernelResult:
     """Sigma-kernel theory on t = net.t: arrays K0, K1 (L+1,P,P), V4, covSigma, covGSigma (L+1,P,P,P,P).
 
     depth_model : "continuous" (the ODEs of docs/sigma.md#equations) or "discrete" (the exact O(1/n) layer
     recursion of the depth-L net, docs/sigma.md#discrete-depth).
     The options are those of :class:`SigmaOptions`:
-    degree : "auto" — plane-grid resummation (P <= 3), refined (grid ×1.5 and, if continuous, RK4 steps ×1.5)
+    degree : "auto" — plane-grid resummation (any P), refined (grid ×1.5 and, if continuous, RK4 steps ×1.5)
         until V4 and K1 change by < ``tol`` (in [1e-10, 0.5]) relative; ConvergenceError (with the achieved change)
         if ``max_levels`` levels or the time limit do not suffice. With ``grid`` given: that fixed grid.
         int D — Hermite/Galerkin truncation at total degree D; "quadratic" — degree 2 only (G-only V4 exactly).
     substeps : RK4 steps per layer at the first level (continuous; default: 32 steps over [0, T] at least).
+    pool : where the plane grids run (:func:`kerneleft.maps.as_map`: None or 1 serial, k processes, a map object);
+        the numbers do not depend on it (meta ``pool``).
     meta: representation, truncation (grid, substeps or degrees), error_estimate (relative change of V4, K1 from
     the previous level, or for a fixed truncation from the next coarser one, ``error_estimate_from``: grid/1.5 and
     substeps/1.5, or Hermite degree D−2), converged (auto only, always True), levels (auto history), seconds.
@@ -448,7 +466,8 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
     limits.check_result("depth", (net.depth + 1) * (3 * net.P ** 4 + 2 * net.P ** 2),
                         f"the sigma result over depth = {net.depth} layers")
     t0 = time.perf_counter()
-    meta = {"kind": "theory", "closure": "sigma", "depth_model": depth_model, "config": net.to_dict()}
+    meta = {"kind": "theory", "closure": "sigma", "depth_model": depth_model, "config": net.to_dict(),
+            "pool": describe(as_map(pool))}
     if not net.residual and depth_model == "continuous":
         check_continuous(net)
     if not (net.residual and is_default(net.branch)) and degree != "auto":
@@ -460,17 +479,15 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
             meta.update(representation="recursion", error_estimate=0.0)
         elif degree != "auto":
             arrays = _hermite(net, depth_model, degree, s0, meta)
-        elif net.P > _sigma_grid.MAX_P:
-            raise InputError(f"K_in: degree='auto' supports P <= {_sigma_grid.MAX_P} inputs, got P = {net.P} "
-                             "(use an integer degree)")
         elif grid is not None:                     # fixed grid: this level and the one below for the estimate
-            arrays, history, tg = _grid(net, depth_model, grid, s0, -1, 2, None, t0)
+            arrays, history, tg = _grid(net, depth_model, grid, s0, -1, 2, None, t0, pool)
             meta.update(representation="grid", truncation={"grid": history[-1]["grid"], "substeps": tg.stride,
                                                            "box": _BOX},
                         error_estimate=history[-1]["change"],
                         error_estimate_from={k: history[0][k] for k in ("grid", "substeps")})
         else:
-            arrays, history, tg = _grid(net, depth_model, _GRID0[net.P], s0, 0, max_levels, tol, t0)
+            arrays, history, tg = _grid(net, depth_model, _GRID0.get(net.P, 48), s0, 0, max_levels, tol, t0,
+                                        pool)
             err = history[-1]["change"]
             if not err < tol:
                 raise ConvergenceError(
