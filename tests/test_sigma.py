@@ -210,5 +210,5 @@ def test_dispatch_and_bad_input():
         solve_sigma(net, tol=-1.0)
     with pytest.raises(ValueError, match="^grid:"):
         solve_sigma(net, grid=0)
-    with pytest.raises(ValueError, match="^K_in:"):
-        solve_sigma(net_of(K=np.eye(4)))
+    with pytest.raises(ValueError, match="^K_in: the sigma theory needs linearly independent inputs"):
+        solve(net_of(K=np.array([[1.0, 2.0], [2.0, 4.0]])), "sigma")         # x_b = 2 x_a: collinear

@@ -53,8 +53,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..branch import is_default, segments
-from ..coefficients import (Jet, branch_jet, branch_stages, derivatives, first_segment, hessian_pairs,
-                            jacobian_pairs, phi_jet, propagate, segment_jet, segment_maps, segment_noise)
+from ..coefficients import (Jet, branch_jet, branch_stages, derivatives, first_segment, jacobian_pairs, phi_jet,
+                            propagate, segment_jet, segment_maps, segment_noise)
 from ..config import Network
 from ..kernel import K0_continuous, K0_discrete, check_continuous, check_depth_model
 from ..pairs import pair_basis
@@ -71,7 +71,10 @@ __all__ = ["SigmaOptions", "solve_sigma", "TimeGrid", "time_grid", "Pairings", "
            "collective", "assemble"]
 
 _MIN_STEPS = 32          # RK4 steps over [0, T] at the coarsest level
-_GRID0 = {1: 96}                  # nodes per axis at level 0: 96 on the line (P = 1), 48 on the planes
+def _grid0(P: int) -> int:
+    """Nodes per axis at refinement level 0: 96 on the line (P = 1), 48 on the planes, 40 for P >= 4 (where the
+    C(P, 2) planes dominate the cost; 40 -> 60 reaches tol 1e-3 for tanh and gelu in two levels)."""
+    return 96 if P == 1 else 48 if P <= 3 else 40
 _BOX = 8.0               # plane half-width in standard deviations
 _MAX_LEVELS = 7
 DEFAULT_TOL = 1e-3
@@ -100,7 +103,9 @@ class TimeGrid(NamedTuple):
 
     scheme "rk4" (continuous): nodes t_i = i h/2, i = 0..2M, M = L·stride steps of size h = ε/stride.
     scheme "euler" (discrete): nodes t_l = l ε, h = ε, stride = 1, K the discrete K0 (docs/gonly.md#k0).
-    K (nodes, P, P);  Jp (nodes, N, N);  Hp (nodes, N, N, N);  C4 (nodes, N, N) = K0∘K0 (pair basis).
+    K (nodes, P, P);  Jp (nodes, N, N);  H (nodes, N, 3, 3) = ¼E[∂⁴p] on the local slots of each pair (multiplicities
+    included, :class:`kerneleft.coefficients.Derivatives`), so Hp:Ybar = :func:`_hessian_dot`;  C4 (nodes, N, N) =
+    K0∘K0 (pair basis).
     T (nodes, N, N) : 𝒯 = C_W J_σ, J_σ = DΣ̄ (C_W·Jp for the default branch).
     Msrc : None (default branch: the source is ½C_W(p − F)μ) or (nodes, N, N) C_W·Mix (docs/architectures.md
     #sigma-branches).   br : None or the :class:`Branch`.   stage_cov : record Cov_μ(p, p) at the stages too.
@@ -111,7 +116,7 @@ class TimeGrid(NamedTuple):
     stride: int
     K: np.ndarray
     Jp: np.ndarray
-    Hp: np.ndarray
+    H: np.ndarray
     C4: np.ndarray
     T: np.ndarray
     Msrc: np.ndarray | None = None
@@ -148,7 +153,7 @@ def _branch(net: Network, K: np.ndarray, Jp: np.ndarray) -> Branch:
 
 
 def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
-    """K0, Jp, Hp, K0∘K0 and the branch's operators at the nodes: continuous (RK4, ``stride`` steps per layer) or
+    """K0, Jp, H, K0∘K0 and the branch's operators at the nodes: continuous (RK4, ``stride`` steps per layer) or
     discrete (per layer).
 
     J[r, s] = ½E[∂_s p_r], H[r, p, s] = ¼E[∂_p∂_s p_r] (docs/gonly.md#coefficients) from one engine call:
@@ -157,7 +162,8 @@ def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
     p = pair_basis(net.P)
     N = p.N
     nodes = net.depth + 1 if depth_model == "discrete" else 2 * net.depth * stride + 1
-    limits.check_bytes("depth", 8.0 * nodes * (net.P ** 2 + 5 * N ** 2 + 4 * N ** 3),
+    limits.check_bytes("depth", 8.0 * nodes * (net.P ** 2 + 5 * N ** 2 + 9 * N) + (0.0 if is_default(net.branch)
+                       else 8.0 * nodes * 3 * N ** 3),
                        f"the sigma coefficients at {nodes} time nodes (depth = {net.depth})")
     if depth_model == "discrete":
         K, scheme, h, stride = K0_discrete(net), "euler", net.eps, 1
@@ -165,12 +171,12 @@ def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
         M = net.depth * stride
         K, scheme, h = K0_continuous(net.replace(depth=2 * M)), "rk4", net.T / M
     d = derivatives(net.phi, K)
-    Jp, Hp, C4 = jacobian_pairs(d), hessian_pairs(d), p.vec4(circ(K))
+    Jp, C4 = jacobian_pairs(d), p.vec4(circ(K))
     if is_default(net.branch):
-        return TimeGrid(scheme, h, stride, K, Jp, Hp, C4, net.C_W * Jp)
+        return TimeGrid(scheme, h, stride, K, Jp, d.H, C4, net.C_W * Jp)
     br = _branch(net, K, Jp)
     Msrc = net.C_W * br.Mix if br.kind == "p" else None
-    return TimeGrid(scheme, h, stride, K, Jp, Hp, C4, net.C_W * br.Jsig, Msrc, br,
+    return TimeGrid(scheme, h, stride, K, Jp, d.H, C4, net.C_W * br.Jsig, Msrc, br,
                     stage_cov=br.kind == "p" and (bool(br.stages) or br.first.D2.any()) and scheme == "rk4")
 
 
@@ -191,7 +197,7 @@ def grid_pairings(net: Network, tg: TimeGrid, n: int, box: float = _BOX, pool=No
         L1 = (steps // tg.stride) + 1
         return Pairings(np.zeros((steps, S, N, N)), np.zeros((steps, S, N)), np.zeros((L1, N, N)),
                         np.zeros((L1, N, N)))
-    slim = tg._replace(Jp=None, Hp=None, C4=None, br=None)          # what a plane needs (docs/sigma.md#rnum)
+    slim = tg._replace(Jp=None, H=None, C4=None, br=None)           # what a plane needs (docs/sigma.md#rnum)
     pls = _sigma_grid.planes(net.phi, tg.K, n, box)
     parts = []
     with limits.Budget("K_in", len(pls), f"sigma plane grids (P = {net.P}, {len(pls)} planes, grid {n})") as bud:
@@ -238,10 +244,22 @@ def _sigma_moments(tg: TimeGrid, i, Ybar, Npp, Cpp, Nq) -> tuple[np.ndarray, np.
     return propagate(_stages_at(tg.br, i), b1, C1)
 
 
+def _hessian_dot(H: np.ndarray, Ybar: np.ndarray) -> np.ndarray:
+    """Hp:Ybar = Σ_ps Hp[r, p, s] Ybar[p, s] with Hp = 4 m_p m_s H, gathered on the local slots of each row:
+    H (N, 3, 3), Ybar (N, N) -> (N,) (docs/sigma.md#rnum). O(N) memory and work instead of O(N³)."""
+    loc = pair_basis(_inputs(H.shape[0])).loc
+    return 4.0 * np.einsum("rij,rij->r", H, Ybar[loc[:, :, None], loc[:, None, :]])
+
+
+def _inputs(N: int) -> int:
+    """P for N = P(P+1)/2 pairs."""
+    return int(round((np.sqrt(8 * N + 1) - 1) / 2))
+
+
 def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """March (Ybar, Nq, k1) driven by the stage pairings; returns each at the layers: (L+1,N,N)², (L+1,N).
 
-    Module doc step 3 with 𝒯 = ``tg.T`` (C_W·Jp) and Tad = N2 + Hp:Ybar (docs/sigma.md#rnum). Discrete depth adds the
+    Module doc step 3 with 𝒯 = ``tg.T`` (C_W·Jp) and Tad = N2 + Hp:Ybar (:func:`_hessian_dot`; docs/sigma.md#rnum). Discrete depth adds the
     exact O(ε²) term Ybar += ε² C_W²/8 · n Cov[Σ] per layer (module doc). A branch (docs/architectures.md
     #sigma-branches) replaces p by σ = Mix·p or Mix·q in Y and Tad and adds its mean shift B to dK1/dt.
     """
@@ -254,7 +272,7 @@ def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np
         T = tg.T[i]
         if br is None:
             Y = pr.Npp_st[n, s] + 2 * Ybar @ tg.Jp[i].T
-            Tad = pr.N2_st[n, s] + np.einsum("rps,ps->r", tg.Hp[i], Ybar)
+            Tad = pr.N2_st[n, s] + _hessian_dot(tg.H[i], Ybar)
             dYbar = T @ Ybar + 0.5 * C_W * Y.T
             if tg.scheme == "euler":
                 JY = tg.Jp[i] @ Y
@@ -262,7 +280,7 @@ def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np
         else:
             p_kind = br.kind == "p"
             Y = (pr.Npp_st[n, s] if p_kind else Nq) @ br.Mix[i].T + 2 * Ybar @ br.Jsig[i].T
-            Tad = br.Mix[i] @ (pr.N2_st[n, s] + np.einsum("rps,ps->r", tg.Hp[i], Ybar)) if p_kind else np.zeros(N)
+            Tad = br.Mix[i] @ (pr.N2_st[n, s] + _hessian_dot(tg.H[i], Ybar)) if p_kind else np.zeros(N)
             dYbar = T @ Ybar + 0.5 * C_W * Y.T
             if tg.scheme == "euler" or tg.stage_cov or not p_kind:      # else B = 0: no later stage, linear first
                 Cpp = (pr.Cpp[n] if tg.scheme == "euler" else pr.Cpp_st[n, s]) if p_kind else None
@@ -486,7 +504,7 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
                         error_estimate=history[-1]["change"],
                         error_estimate_from={k: history[0][k] for k in ("grid", "substeps")})
         else:
-            arrays, history, tg = _grid(net, depth_model, _GRID0.get(net.P, 48), s0, 0, max_levels, tol, t0,
+            arrays, history, tg = _grid(net, depth_model, _grid0(net.P), s0, 0, max_levels, tol, t0,
                                         pool)
             err = history[-1]["change"]
             if not err < tol:
