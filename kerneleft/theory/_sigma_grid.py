@@ -147,7 +147,8 @@ def _joint(act, li: tuple, lj: tuple, K_ij: float, smoothed_j: np.ndarray) -> np
     if var_i <= 0.0:
         return act(m_i) * smoothed_j
     s_i = np.sqrt(var_i)
-    c = K_ij - beta_i @ w_j
+    bound = np.sqrt(var_i * var_j)                         # Cauchy–Schwarz: |c| <= s_i s_j, also after rounding
+    c = float(np.clip(K_ij - beta_i @ w_j, -bound, bound))
     s2 = np.sqrt(max(var_j - c * c / var_i, 0.0))
     z, wz = _rule(act, s_i)
     u = m_j[..., None] + (c / s_i) * z
