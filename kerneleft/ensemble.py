@@ -44,6 +44,8 @@ PathSampler = Callable  # f(net, width, size, rng) -> (G, Sigma), each (size, L+
 
 METHODS: dict[str, PathSampler] = {"conditional": conditional_paths, "weights": weights_paths,
                                    "g-only-chain": gonly_chain}
+
+
 def _dense_shapes(net: Network, n: int) -> list[tuple[int, int]]:
     """(m_out, m_in) of every dense layer of the branch at width n (docs/architectures.md#samplers): the first
     reads the residual stream (n), each later one the previous dense layer's output."""

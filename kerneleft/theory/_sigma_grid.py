@@ -123,7 +123,7 @@ def _factors(act, pl: Plane, K: np.ndarray) -> np.ndarray:
         var = max(K[o, o] - beta @ w, 0.0)
         lin[o] = (np.tensordot(beta, pl.y, axes=1), var, beta, w)
         cond[o] = _smoothed(act, lin[o][0], np.sqrt(var))
-    f = []
+    f, outer = [], {}
     for r in range(a.size):
         i, j = a[r], b[r]
         if i in pos and j in pos:
@@ -134,25 +134,37 @@ def _factors(act, pl: Plane, K: np.ndarray) -> np.ndarray:
             inside, out = (i, j) if i in pos else (j, i)
             f.append(phi[pos[inside]] * cond[out][0])
         else:
-            f.append(_joint(act, lin[i], lin[j], K[i, j], cond[j][0]))
+            if i not in outer:                                    # shared by every pair (i, j), j > i
+                outer[i] = _outer(act, lin[i])
+            f.append(_joint(act, lin[i], lin[j], K[i, j], cond[j][0], outer[i]))
     return np.stack(f)
 
 
-def _joint(act, li: tuple, lj: tuple, K_ij: float, smoothed_j: np.ndarray) -> np.ndarray:
+def _outer(act, li: tuple) -> tuple | None:
+    """(z, w, φ(m_i + s_i z)) of :func:`_joint` for the out-of-plane coordinate i; None if x_i is fixed by the
+    plane (s_i = 0)."""
+    m_i, var_i = li[0], li[1]
+    if var_i <= 0.0:
+        return None
+    s_i = np.sqrt(var_i)
+    z, wz = _rule(act, s_i)
+    return z, wz, act(m_i[..., None] + s_i * z)
+
+
+def _joint(act, li: tuple, lj: tuple, K_ij: float, smoothed_j: np.ndarray, outer: tuple | None) -> np.ndarray:
     """E[φ(x_i) φ(x_j) | plane] for two out-of-plane coordinates (P >= 4): with (m, var, β, w) of each and the
     conditional covariance c = K_ij − β_iᵀ w_j, x_i = m_i + s_i Z and x_j = m_j + (c/s_i) Z + s' Z', so
     E = E_Z[φ(m_i + s_i Z) h(m_j + (c/s_i) Z)] with h(u) = E φ(u + s' Z') (:func:`_smoothed_mean`); both
-    Z-integrals by :func:`_rule` at their scale."""
+    Z-integrals by :func:`_rule` at their scale; ``outer`` = :func:`_outer` of i."""
     (m_i, var_i, beta_i, _), (m_j, var_j, _, w_j) = li, lj
-    if var_i <= 0.0:
+    if outer is None:
         return act(m_i) * smoothed_j
-    s_i = np.sqrt(var_i)
+    z, wz, phi_i = outer
     bound = np.sqrt(var_i * var_j)                         # Cauchy–Schwarz: |c| <= s_i s_j, also after rounding
     c = float(np.clip(K_ij - beta_i @ w_j, -bound, bound))
     s2 = np.sqrt(max(var_j - c * c / var_i, 0.0))
-    z, wz = _rule(act, s_i)
-    u = m_j[..., None] + (c / s_i) * z
-    return (act(m_i[..., None] + s_i * z) * _smoothed_mean(act, u, s2)) @ wz
+    u = m_j[..., None] + (c / np.sqrt(var_i)) * z
+    return (phi_i * _smoothed_mean(act, u, s2)) @ wz
 
 
 def _rule(act, scale: float) -> tuple[np.ndarray, np.ndarray]:
