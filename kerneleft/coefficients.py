@@ -23,7 +23,7 @@ from .tensors import box, circ
 __all__ = ["Derivatives", "LocalCoefficients", "Coefficients", "derivatives", "local_coefficients", "coefficients",
            "transport_matrix", "jacobian_pairs", "hessian_pairs", "tadpole", "source", "Jet", "segment_maps", "corr_jet",
            "phi_jet", "compose", "segment_jet", "segment_noise", "BranchStage", "branch_stages", "branch_jet", "propagate",
-           "first_segment", "FirstSegment", "branch_coefficients",
+           "first_segment", "FirstSegment", "branch_coefficients", "gaussian_input_noise",
            "theory_supported", "kernel_jacobian_fd"]
 
 # local slots (aa, ab, bb) of a pair block: number of derivatives on z_a in ∂_e∂_f
@@ -338,6 +338,14 @@ def branch_stages(net, X1: np.ndarray, noise: bool = True) -> list[BranchStage]:
         out.append(BranchStage(prev.dense.C_W, prev.dense.width_ratio, jet, b, C))
         X = jet.y
     return out
+
+
+def gaussian_input_noise(net, first: FirstSegment, stages: list[BranchStage], x: np.ndarray) -> tuple:
+    """(b, C) of the last dense layer's input Σ when the branch reads n iid N(0, K) neurons (x = K in the pair
+    basis, (..., N)): its first segment's own noise (:func:`segment_noise`, m = n) propagated through the later
+    segments with theirs (:func:`propagate`). The case of an MLP's block and of a resnet's first layer
+    (docs/architectures.md#mlp, #sigma-branches)."""
+    return propagate(stages, *segment_noise(first.maps, net.phi, x, net.P))
 
 
 def branch_jet(first: Jet, stages: list[BranchStage]) -> Jet:

@@ -21,7 +21,7 @@ from ..diagnostics import TERMS, relative_error, validity_window
 from ..estimators import WidthFit, extrapolate_width
 from ..result import KernelResult
 from ..tensors import circ
-from ..coefficients import branch_stages, coefficients, first_segment, propagate, segment_noise, tadpole
+from ..coefficients import branch_stages, coefficients, first_segment, gaussian_input_noise, tadpole
 from ..pairs import pair_basis
 
 __all__ = ["Z_CRIT", "WINDOW_THRESHOLDS", "THEORY_NAMES", "Plan", "Theories", "Extrapolated", "Comparison",
@@ -399,13 +399,13 @@ def extrapolate(K0: np.ndarray, ensembles: Mapping[int, KernelResult], k1x: Kern
 
 def exact_source_t0(net: Network) -> np.ndarray:
     """The exact K1 source at t = 0, lim n(E[S⁰] − S̄(K_in)) (P, P), for distinct inputs: h⁰ has iid N(0, K_in)
-    neurons, so the branch's first segment sees the empirical measure of n iid Gaussian neurons
-    (:func:`kerneleft.coefficients.segment_noise`) and the later segments add their own noise
-    (:func:`kerneleft.coefficients.propagate`; docs/architectures.md#sigma-branches). 0 for the default branch
-    (E[Σ⁰] = F(K_in), I3) and for any branch whose first segment is phi alone and has no later segment."""
+    neurons (:func:`kerneleft.coefficients.gaussian_input_noise`; docs/architectures.md#sigma-branches). 0 for the
+    default branch (E[Σ⁰] = F(K_in), I3) and for any branch whose first segment is phi alone and has no later
+    segment."""
     p = pair_basis(net.P)
-    first = first_segment(net, p.vec(net.K_in))
-    b, _ = propagate(branch_stages(net, first.jet.y), *segment_noise(first.maps, net.phi, p.vec(net.K_in), net.P))
+    x = p.vec(net.K_in)
+    first = first_segment(net, x)
+    b, _ = gaussian_input_noise(net, first, branch_stages(net, first.jet.y), x)
     return p.mat(net.C_W * b)
 
 

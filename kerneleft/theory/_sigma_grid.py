@@ -285,6 +285,6 @@ def plane_pairings(act, C_W: float, tg, pl: Plane):
         i = layer_node(tg.scheme, tg.stride, l)
         return pair(ifft(u)), pair(src(i)[0])
 
-    steps = (tg.K.shape[0] - 1) // (1 if tg.scheme == "euler" else 2)
+    steps = tg.steps
     stage, (Npp, Cpp) = march(f, decay, np.zeros_like(src(0)[1]), steps, tg.h, tg.stride, tg.scheme, at_layer)
     return stage[0], stage[1], Npp, Cpp, (stage[2] if tg.stage_cov else None)

@@ -107,7 +107,7 @@ def hermite_pairings(act, C_W: float, tg, truncations: list[list[int]]):
     Pi_all = table[..., :nA]                                                         # (T, N, nA)
     Pi2_all = table[..., nA:].reshape(K.shape[:-2] + (N, N, nA))                     # (T, r, p, nA)
     deg = A.sum(axis=1)
-    steps = (T - 1) // (1 if tg.scheme == "euler" else 2)
+    steps = tg.steps
     out = []
     for degrees in truncations:
         keep = np.isin(deg, degrees)

@@ -74,14 +74,14 @@ def _mlp(net: Network, K0: np.ndarray, c: Coefficients) -> tuple[np.ndarray, np.
     V = np.empty((net.depth + 1, p.N, p.N))
     k1 = np.zeros((net.depth + 1, p.N))
     V[0] = p.vec4(circ(net.K_in))
+    src = p.vec4(circ(K0[1:])) + (0.0 if c.noise is None else c.noise)
     with Budget("depth", net.depth, f"G-only MLP recursion over {net.depth} layers") as budget:
         for l in range(net.depth):
-            V[l + 1] = p.vec4(circ(K0[l + 1])) + c.T[l] @ V[l] @ c.T[l].T
-            k1[l + 1] = c.T[l] @ k1[l] + tadpole(Coefficients(*(x[l] if x is not None else None for x in c)), V[l])
-            if c.noise is not None:
-                V[l + 1] += c.noise[l]
-                k1[l + 1] += c.bias[l]
+            V[l + 1] = c.T[l] @ V[l] @ c.T[l].T + src[l]
             budget.step(l + 1)
+    tad = tadpole(c, V[:-1]) + (0.0 if c.bias is None else c.bias)
+    for l in range(net.depth):
+        k1[l + 1] = c.T[l] @ k1[l] + tad[l]
     return V, k1
 
 

@@ -53,8 +53,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..branch import is_default, segments
-from ..coefficients import (Jet, branch_jet, branch_stages, derivatives, first_segment, jacobian_pairs, phi_jet,
-                            propagate, segment_jet, segment_maps, segment_noise)
+from ..coefficients import (Jet, branch_jet, branch_stages, derivatives, first_segment, gaussian_input_noise,
+                            jacobian_pairs, phi_jet, propagate, segment_jet, segment_maps)
 from ..config import Network
 from ..kernel import K0_continuous, K0_discrete, check_continuous, check_depth_model
 from ..pairs import pair_basis
@@ -122,6 +122,11 @@ class TimeGrid(NamedTuple):
     Msrc: np.ndarray | None = None
     br: Branch | None = None
     stage_cov: bool = False
+
+    @property
+    def steps(self) -> int:
+        """Time steps: L (euler) or L·stride (rk4, two nodes per step)."""
+        return (self.K.shape[0] - 1) // (1 if self.scheme == "euler" else 2)
 
 
 class Pairings(NamedTuple):
@@ -193,9 +198,8 @@ def grid_pairings(net: Network, tg: TimeGrid, n: int, box: float = _BOX, pool=No
     is quadratic (kind q, docs/architectures.md#sigma-branches) needs none: zeros."""
     N = tg.Jp.shape[-1]
     if tg.br is not None and tg.br.kind == "q":
-        steps, S = (tg.K.shape[0] - 1) // (1 if tg.scheme == "euler" else 2), (1 if tg.scheme == "euler" else 4)
-        L1 = (steps // tg.stride) + 1
-        return Pairings(np.zeros((steps, S, N, N)), np.zeros((steps, S, N)), np.zeros((L1, N, N)),
+        S, L1 = (1 if tg.scheme == "euler" else 4), tg.steps // tg.stride + 1
+        return Pairings(np.zeros((tg.steps, S, N, N)), np.zeros((tg.steps, S, N)), np.zeros((L1, N, N)),
                         np.zeros((L1, N, N)))
     slim = tg._replace(Jp=None, H=None, C4=None, br=None)           # what a plane needs (docs/sigma.md#rnum)
     pls = _sigma_grid.planes(net.phi, tg.K, n, box)
@@ -244,35 +248,32 @@ def _sigma_moments(tg: TimeGrid, i, Ybar, Npp, Cpp, Nq) -> tuple[np.ndarray, np.
     return propagate(_stages_at(tg.br, i), b1, C1)
 
 
-def _hessian_dot(H: np.ndarray, Ybar: np.ndarray) -> np.ndarray:
-    """Hp:Ybar = Σ_ps Hp[r, p, s] Ybar[p, s] with Hp = 4 m_p m_s H, gathered on the local slots of each row:
-    H (N, 3, 3), Ybar (N, N) -> (N,) (docs/sigma.md#rnum). O(N) memory and work instead of O(N³)."""
-    loc = pair_basis(_inputs(H.shape[0])).loc
+def _hessian_dot(H: np.ndarray, Ybar: np.ndarray, loc: np.ndarray) -> np.ndarray:
+    """Hp:Ybar = Σ_ps Hp[r, p, s] Ybar[p, s] with Hp = 4 m_p m_s H, gathered on the local slots ``loc``
+    (:attr:`kerneleft.pairs.PairBasis.loc`) of each row: H (N, 3, 3), Ybar (N, N) -> (N,) (docs/sigma.md#rnum).
+    O(N) memory and work instead of O(N³)."""
     return 4.0 * np.einsum("rij,rij->r", H, Ybar[loc[:, :, None], loc[:, None, :]])
-
-
-def _inputs(N: int) -> int:
-    """P for N = P(P+1)/2 pairs."""
-    return int(round((np.sqrt(8 * N + 1) - 1) / 2))
 
 
 def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """March (Ybar, Nq, k1) driven by the stage pairings; returns each at the layers: (L+1,N,N)², (L+1,N).
 
-    Module doc step 3 with 𝒯 = ``tg.T`` (C_W·Jp) and Tad = N2 + Hp:Ybar (:func:`_hessian_dot`; docs/sigma.md#rnum). Discrete depth adds the
-    exact O(ε²) term Ybar += ε² C_W²/8 · n Cov[Σ] per layer (module doc). A branch (docs/architectures.md
-    #sigma-branches) replaces p by σ = Mix·p or Mix·q in Y and Tad and adds its mean shift B to dK1/dt.
+    Module doc step 3 with 𝒯 = ``tg.T`` (C_W·Jp) and Tad = N2 + Hp:Ybar (:func:`_hessian_dot`; docs/sigma.md#rnum).
+    Discrete depth adds the exact O(ε²) term Ybar += ε² C_W²/8 · n Cov[Σ] per layer (module doc). A branch
+    (docs/architectures.md#sigma-branches) replaces p by σ = Mix·p or Mix·q in Y and Tad and adds its mean shift B to
+    dK1/dt.
     """
     C_W, N = net.C_W, tg.Jp.shape[-1]
     cut = [N * N, 2 * N * N]
     br = tg.br
+    loc = pair_basis(net.P).loc
 
     def f(n, s, i, y):
         Ybar, Nq, k1 = y[:cut[0]].reshape(N, N), y[cut[0]:cut[1]].reshape(N, N), y[cut[1]:]
         T = tg.T[i]
         if br is None:
             Y = pr.Npp_st[n, s] + 2 * Ybar @ tg.Jp[i].T
-            Tad = pr.N2_st[n, s] + _hessian_dot(tg.H[i], Ybar)
+            Tad = pr.N2_st[n, s] + _hessian_dot(tg.H[i], Ybar, loc)
             dYbar = T @ Ybar + 0.5 * C_W * Y.T
             if tg.scheme == "euler":
                 JY = tg.Jp[i] @ Y
@@ -280,7 +281,7 @@ def collective(net: Network, tg: TimeGrid, pr: Pairings) -> tuple[np.ndarray, np
         else:
             p_kind = br.kind == "p"
             Y = (pr.Npp_st[n, s] if p_kind else Nq) @ br.Mix[i].T + 2 * Ybar @ br.Jsig[i].T
-            Tad = br.Mix[i] @ (pr.N2_st[n, s] + _hessian_dot(tg.H[i], Ybar)) if p_kind else np.zeros(N)
+            Tad = br.Mix[i] @ (pr.N2_st[n, s] + _hessian_dot(tg.H[i], Ybar, loc)) if p_kind else np.zeros(N)
             dYbar = T @ Ybar + 0.5 * C_W * Y.T
             if tg.scheme == "euler" or tg.stage_cov or not p_kind:      # else B = 0: no later stage, linear first
                 Cpp = (pr.Cpp[n] if tg.scheme == "euler" else pr.Cpp_st[n, s]) if p_kind else None
@@ -335,7 +336,7 @@ def mlp_recursion(net: Network) -> dict[str, np.ndarray]:
     first = first_segment(net, x)
     stages = branch_stages(net, first.jet.y)
     jet = branch_jet(first.jet, stages)
-    bN, CN = propagate(stages, *segment_noise(first.maps, net.phi, x, net.P))
+    bN, CN = gaussian_input_noise(net, first, stages, x)
     L, N = net.depth, p.N
     V = np.empty((L + 1, N, N))
     k1 = np.zeros((L + 1, N))
