@@ -9,8 +9,10 @@ so only the marginals of r on the coordinate planes {c, d} are needed; marginali
 flow and with 𝒯. Each plane (a line for P = 1) carries all P(P+1)/2 marginal densities on a periodic grid;
 the heat flow is exact in Fourier space (integrating-factor RK4), sources are Gaussian densities times
 the conditional expectation of p_ab given the plane coordinates (a 1-D Gaussian smoothing of φ or φ² for the
-one out-of-plane coordinate when P = 3). Truncation parameters: points per axis ``n`` and the box half-width
-``box`` in standard deviations; spectral for smooth φ, O(h²) for relu.
+one out-of-plane coordinate when P = 3; for two, P >= 4, Mehler's series, :func:`_two_coordinate`), computed at
+the source nodes ``tg.sources`` and interpolated in t between them (:func:`_lagrange`). Truncation parameters:
+points per axis ``n``, the box half-width ``box`` in standard deviations and the source nodes; spectral for
+smooth φ, O(h²) for relu.
 
 Whitened coordinates (docs/sigma.md#representations, docs/numerics.md#ill-conditioned). The grid lives in
 y = A⁻¹x with A Aᵀ = K_T, the plane block of the largest kernel K0(T) (K0 is non-decreasing in t, so every μ_t
@@ -21,6 +23,7 @@ For two nearly identical inputs the plane is a thin ellipse (width ~ √(1−ρ)
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import combinations
 from typing import NamedTuple
 
 import numpy as np
@@ -29,10 +32,13 @@ from ..errors import InputError
 from ..pairs import pair_basis
 from ._sigma_march import layer_node, march
 
-__all__ = ["Plane", "planes", "plane_pairings"]
+__all__ = ["Plane", "planes", "plane_pairings", "LAGRANGE_POINTS"]
 
 _Z = np.linspace(-10.0, 10.0, 801)     # trapezoid nodes of the 1-D Gaussian smoothing (error ~1e-4 on a kink)
 _WZ = np.exp(-0.5 * _Z ** 2) * (_Z[1] - _Z[0]) / np.sqrt(2.0 * np.pi)
+_MEHLER_RHO = 0.5       # |conditional correlation| up to which a two-coordinate source is Mehler's series
+_MEHLER_EPS = 1e-13     # its truncation: |ρ|^terms <= eps relative to (E[φ²(x_i)|y] E[φ²(x_j)|y])^½
+LAGRANGE_POINTS = 6     # source nodes per interpolation in t (degree 5; docs/sigma.md#convergence)
 
 
 class Plane(NamedTuple):
@@ -123,7 +129,8 @@ def _factors(act, pl: Plane, K: np.ndarray) -> np.ndarray:
         var = max(K[o, o] - beta @ w, 0.0)
         lin[o] = (np.tensordot(beta, pl.y, axes=1), var, beta, w)
         cond[o] = _smoothed(act, lin[o][0], np.sqrt(var))
-    f, outer = [], {}
+    two = _two_coordinate(act, lin, K, cond)
+    f = []
     for r in range(a.size):
         i, j = a[r], b[r]
         if i in pos and j in pos:
@@ -134,10 +141,60 @@ def _factors(act, pl: Plane, K: np.ndarray) -> np.ndarray:
             inside, out = (i, j) if i in pos else (j, i)
             f.append(phi[pos[inside]] * cond[out][0])
         else:
+            f.append(two[i, j])
+    return np.stack(f)
+
+
+def _two_coordinate(act, lin: dict, K: np.ndarray, cond: dict) -> dict:
+    """E[φ(x_i) φ(x_j) | plane] for every pair i < j of out-of-plane coordinates (P >= 4), keyed (i, j).
+
+    ``lin[o]`` = (m, var, β, w) of :func:`_factors`; the conditional covariance is c = K_ij − β_iᵀ w_j and
+    ρ = c/(s_i s_j). Mehler's formula for |ρ| <= 1/2: E = Σ_k ρ^k c_k(i) c_k(j) with the Hermite coefficients
+    c_k(o) = E[φ(m_o + s_o Z) He_k(Z)]/√k! (:func:`_hermite_coefficients`, one table per coordinate shared by all
+    its pairs), truncated after |ρ|^terms <= 1e-13, a bound on the tail relative to (E[φ²(x_i)|y] E[φ²(x_j)|y])^½
+    (Cauchy–Schwarz and Parseval): O(n_grid² · terms) per pair. Larger |ρ|: :func:`_joint`.
+    """
+    rho, terms, need = {}, {}, {}
+    for i, j in combinations(sorted(lin), 2):
+        bound = np.sqrt(lin[i][1] * lin[j][1])                     # Cauchy–Schwarz: |c| <= s_i s_j
+        rho[i, j] = float(np.clip(K[i, j] - lin[i][2] @ lin[j][3], -bound, bound)) / bound if bound > 0 else 0.0
+        if abs(rho[i, j]) <= _MEHLER_RHO:
+            terms[i, j] = _terms(rho[i, j])
+            for o in (i, j):
+                need[o] = max(need.get(o, 0), terms[i, j])
+    coef = {o: _hermite_coefficients(act, lin[o][0].ravel(), lin[o][1], k) for o, k in need.items()}
+    out, outer = {}, {}
+    for (i, j), r in rho.items():
+        if (i, j) in terms:
+            k = terms[i, j]
+            out[i, j] = ((coef[i][:, :k] * coef[j][:, :k]) @ r ** np.arange(k)).reshape(lin[i][0].shape)
+        else:
             if i not in outer:                                    # shared by every pair (i, j), j > i
                 outer[i] = _outer(act, lin[i])
-            f.append(_joint(act, lin[i], lin[j], K[i, j], cond[j][0], outer[i]))
-    return np.stack(f)
+            out[i, j] = _joint(act, lin[i], lin[j], K[i, j], cond[j][0], outer[i])
+    return out
+
+
+def _terms(rho: float) -> int:
+    """Terms of Mehler's series for the correlation ρ (|ρ| <= 1/2): the fewest with |ρ|^terms <= 1e-13."""
+    return 1 if rho == 0.0 else max(1, int(np.ceil(np.log(_MEHLER_EPS) / np.log(abs(rho)))))
+
+
+def _hermite_coefficients(act, m: np.ndarray, var: float, k: int) -> np.ndarray:
+    """c_n = E[φ(m + sZ) He_n(Z)]/√n!, n < k, at the points m (G,) -> (G, k); s = √var, the
+    expectation by :func:`_rule` at scale s (its spacing also resolves He_n e^{−z²/2} for n < 44: aliasing
+    < 1e-13); c = (φ(m), 0, ...) when var = 0."""
+    if var <= 0.0:
+        return np.concatenate([act(m)[:, None], np.zeros((m.size, k - 1))], axis=1)
+    s = np.sqrt(var)
+    z, wz = _rule(act, s)
+    he = np.empty((z.size, k))                       # orthonormal He_n(z)/√n! by the three-term recurrence
+    he[:, 0] = 1.0
+    if k > 1:
+        he[:, 1] = z
+    for n in range(1, k - 1):
+        he[:, n + 1] = (z * he[:, n] - np.sqrt(n) * he[:, n - 1]) / np.sqrt(n + 1)
+    return act(m[:, None] + s * z) @ (wz[:, None] * he)
 
 
 def _outer(act, li: tuple) -> tuple | None:
@@ -152,8 +209,9 @@ def _outer(act, li: tuple) -> tuple | None:
 
 
 def _joint(act, li: tuple, lj: tuple, K_ij: float, smoothed_j: np.ndarray, outer: tuple | None) -> np.ndarray:
-    """E[φ(x_i) φ(x_j) | plane] for two out-of-plane coordinates (P >= 4): with (m, var, β, w) of each and the
-    conditional covariance c = K_ij − β_iᵀ w_j, x_i = m_i + s_i Z and x_j = m_j + (c/s_i) Z + s' Z', so
+    """E[φ(x_i) φ(x_j) | plane] for two out-of-plane coordinates with |ρ| > 1/2 (:func:`_two_coordinate`): with
+    (m, var, β, w) of each and the conditional covariance c = K_ij − β_iᵀ w_j, x_i = m_i + s_i Z and
+    x_j = m_j + (c/s_i) Z + s' Z', so
     E = E_Z[φ(m_i + s_i Z) h(m_j + (c/s_i) Z)] with h(u) = E φ(u + s' Z') (:func:`_smoothed_mean`); both
     Z-integrals by :func:`_rule` at their scale; ``outer`` = :func:`_outer` of i."""
     (m_i, var_i, beta_i, _), (m_j, var_j, _, w_j) = li, lj
@@ -204,13 +262,34 @@ def _gauss(pl: Plane, K: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * q) / np.sqrt(np.linalg.det(2 * np.pi * M))
 
 
-def _source(act, pl: Plane, K: np.ndarray) -> np.ndarray:
-    """(E[p_r | x] − F_r) μ(x) on the grid, F_r its grid mean so that every source has zero mass; (N, *grid)."""
+def _source(pl: Plane, K: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """(f_r − F_r) μ(x) on the grid for f = E[p_r | x] (:func:`_factors`, N x grid), F_r its grid mean so that every
+    source has zero mass; (N, *grid)."""
     mu = _gauss(pl, K)
-    f = _factors(act, pl, K)
     axes = tuple(range(1, f.ndim))
     F = (f * mu).sum(axis=axes, keepdims=True) / mu.sum()
     return (f - F) * mu
+
+
+def _lagrange(nodes: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolation at node i from the source nodes (increasing node indices, >= :data:`LAGRANGE_POINTS` of them):
+    the window of LAGRANGE_POINTS consecutive ones around i and its Lagrange weights, node indices as the time
+    variable (the nodes are equispaced in t). Weights (0, .., 1, .., 0) at a source node (docs/sigma.md#convergence).
+    """
+    n = LAGRANGE_POINTS
+    j0 = int(np.clip(np.searchsorted(nodes, i) - n // 2, 0, nodes.size - n))
+    x = nodes[j0:j0 + n].astype(float)
+    d = x[:, None] - x
+    np.fill_diagonal(d, 1.0)
+    return nodes[j0:j0 + n], np.array([np.prod(np.delete(i - x, a)) for a in range(n)]) / d.prod(axis=1)
+
+
+def _mix(T, u: np.ndarray) -> np.ndarray:
+    """Σ_q T[p, q] u[q] for T (N, N) a scipy sparse array: 𝒯 of the default block mixes a pair ab only with aa and
+    bb (3 nonzeros per row), so O(N) instead of O(N²) per grid point; u (N, ...) complex (its real and imaginary
+    parts as one real matrix)."""
+    v = np.ascontiguousarray(u).reshape(u.shape[0], -1).view(float)
+    return (T @ v).view(complex).reshape(u.shape)
 
 
 def _second(pl: Plane, X: np.ndarray, nyquist: bool) -> np.ndarray:
@@ -240,7 +319,9 @@ def _unit(Q: int, i: int, j: int) -> np.ndarray:
 
 def plane_pairings(act, C_W: float, tg, pl: Plane):
     """March this plane's densities over the time grid ``tg`` (a :class:`.sigma.TimeGrid`): mixing ``tg.T`` (𝒯),
-    source ½C_W(p − F)μ, or ½ tg.Msrc (p − F)μ for a branch (docs/architectures.md#sigma-branches).
+    source ½C_W(p − F)μ, or ½ tg.Msrc (p − F)μ for a branch (docs/architectures.md#sigma-branches). The conditional
+    expectations E[p | plane] are computed at the source nodes ``tg.sources`` (None: every node) and interpolated
+    between them (:func:`_lagrange`); μ and F at every node.
 
     Returns, for the plane's targets r: Npp_st (M, S, N, n_r) = R^{num,p}(p_r) and N2_st (M, S, n_r) =
     Σ_ab R^{num,ab}(∂_ab p_r) at the S stages of every step, and Npp (L+1, N, n_r), Cpp (L+1, N, n_r) =
@@ -266,14 +347,35 @@ def plane_pairings(act, C_W: float, tg, pl: Plane):
     def pair(r_grid):
         return np.einsum(f"...{idx},t{idx}->...t", r_grid, pl.g) * pl.dV
 
+    from scipy.sparse import csr_array                  # at first use: keeps importing the CLI fast
+
+    @lru_cache(maxsize=LAGRANGE_POINTS + 1)             # the march visits the nodes in order
+    def factors(i):
+        return _factors(act, pl, tg.K[i])
+
+    @lru_cache(maxsize=1)
+    def window(js):                                     # (LAGRANGE_POINTS, N, *grid)
+        return np.stack([factors(j) for j in js])
+
+    def conditional(i):
+        if tg.sources is None or i in tg.sources:
+            return factors(i)
+        js, w = _lagrange(tg.sources, i)
+        return np.tensordot(w, window(tuple(int(j) for j in js)), axes=1)
+
     @lru_cache(maxsize=4)
     def src(i):
-        s = _source(act, pl, tg.K[i])
+        s = _source(pl, tg.K[i], conditional(i))
         return s, fft(s)
 
+    @lru_cache(maxsize=2)
+    def mixing(i):
+        return csr_array(tg.T[i]), None if tg.Msrc is None else csr_array(tg.Msrc[i])
+
     def f(_n, _s, i, u):
-        source = 0.5 * C_W * src(i)[1] if tg.Msrc is None else 0.5 * np.einsum("pq,q...->p...", tg.Msrc[i], src(i)[1])
-        du = np.einsum("pq,q...->p...", tg.T[i], u) + source
+        T, Msrc = mixing(i)
+        source = 0.5 * C_W * src(i)[1] if Msrc is None else 0.5 * _mix(Msrc, src(i)[1])
+        du = _mix(T, u) + source
         m_hat = -sum(w * u[r] for r, w in lap)
         out = (pair(ifft(u)), pair(ifft(m_hat)))
         return du, out + (pair(src(i)[0]),) if tg.stage_cov else out

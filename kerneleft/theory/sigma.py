@@ -76,6 +76,7 @@ def _grid0(P: int) -> int:
     C(P, 2) planes dominate the cost; 40 -> 60 reaches tol 1e-3 for tanh and gelu in two levels)."""
     return 96 if P == 1 else 48 if P <= 3 else 40
 _BOX = 8.0               # plane half-width in standard deviations
+_SOURCE_INTERVALS = 12   # P >= 4: source intervals in t per e-fold of the largest variance at level 0
 _MAX_LEVELS = 7
 DEFAULT_TOL = 1e-3
 _TOL_MIN, _TOL_MAX = 1e-10, 0.5    # below 1e-10 rounding in the FFTs and the marching dominates the level changes
@@ -109,6 +110,8 @@ class TimeGrid(NamedTuple):
     T (nodes, N, N) : 𝒯 = C_W J_σ, J_σ = DΣ̄ (C_W·Jp for the default branch).
     Msrc : None (default branch: the source is ½C_W(p − F)μ) or (nodes, N, N) C_W·Mix (docs/architectures.md
     #sigma-branches).   br : None or the :class:`Branch`.   stage_cov : record Cov_μ(p, p) at the stages too.
+    sources : None (the plane grids' conditional expectations at every node) or the increasing node indices where
+    they are computed, interpolated in t between them (:func:`_source_nodes`, docs/sigma.md#convergence).
     """
 
     scheme: str
@@ -122,6 +125,7 @@ class TimeGrid(NamedTuple):
     Msrc: np.ndarray | None = None
     br: Branch | None = None
     stage_cov: bool = False
+    sources: np.ndarray | None = None
 
     @property
     def steps(self) -> int:
@@ -183,6 +187,18 @@ def time_grid(net: Network, depth_model: str, stride: int = 1) -> TimeGrid:
     Msrc = net.C_W * br.Mix if br.kind == "p" else None
     return TimeGrid(scheme, h, stride, K, Jp, d.H, C4, net.C_W * br.Jsig, Msrc, br,
                     stage_cov=br.kind == "p" and (bool(br.stages) or br.first.D2.any()) and scheme == "rk4")
+
+
+def _source_nodes(K: np.ndarray, lev: int) -> np.ndarray | None:
+    """Nodes at which the plane grids compute the sources' conditional expectations at refinement level ``lev``
+    (docs/sigma.md#convergence), K (nodes, P, P): for P >= 4 (two-coordinate sources) ⌈12·1.5^lev·max(1, τ)⌉
+    (at least 5) equispaced intervals over the nodes, τ = max_a ln(K0_aa(T)/K0_aa(0)) the e-folds of the largest
+    variance, interpolated in t between them; None (every node) for P <= 3 or when that is every node anyway."""
+    nodes, P = K.shape[0], K.shape[-1]
+    d = np.diagonal(K, axis1=1, axis2=2)
+    m = max(math.ceil(_SOURCE_INTERVALS * 1.5 ** lev * max(1.0, float(np.max(np.log(d[-1] / d[0]))))),
+            _sigma_grid.LAGRANGE_POINTS - 1)
+    return None if P <= 3 or m + 1 >= nodes else np.round(np.linspace(0, nodes - 1, m + 1)).astype(int)
 
 
 def _plane_task(task: tuple):
@@ -422,9 +438,11 @@ def _grid(net: Network, depth_model: str, n0: int, s0: int, first: int, levels: 
                     f"{history[-1]['grid']}); the next would take ~{limits.duration(ahead)} (limit "
                     f"{limits.duration(limits.MAX_SECONDS)}): raise tol (--tol) or use a fixed --degree")
         tg = time_grid(net, depth_model, s) if tg is None or tg.scheme == "rk4" else tg
+        tg = tg._replace(sources=_source_nodes(tg.K, lev))
         new = _finite(net, assemble(net, tg, grid_pairings(net, tg, nl, pool=pool)))
         err = None if arrays is None else _rel_change(new, arrays)
-        history.append({"grid": nl, "substeps": tg.stride, "change": err, "seconds": time.perf_counter() - t0})
+        history.append({"grid": nl, "substeps": tg.stride, "sources": tg.K.shape[0] if tg.sources is None
+                        else tg.sources.size, "change": err, "seconds": time.perf_counter() - t0})
         arrays = new
         if tol is not None and err is not None and err < tol:
             break
@@ -466,16 +484,18 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
     depth_model : "continuous" (the ODEs of docs/sigma.md#equations) or "discrete" (the exact O(1/n) layer
     recursion of the depth-L net, docs/sigma.md#discrete-depth).
     The options are those of :class:`SigmaOptions`:
-    degree : "auto" — plane-grid resummation (any P), refined (grid ×1.5 and, if continuous, RK4 steps ×1.5)
-        until V4 and K1 change by < ``tol`` (in [1e-10, 0.5]) relative; ConvergenceError (with the achieved change)
-        if ``max_levels`` levels or the time limit do not suffice. With ``grid`` given: that fixed grid.
+    degree : "auto" — plane-grid resummation (any P), refined (grid ×1.5, if continuous RK4 steps ×1.5, for P >= 4
+        source intervals ×1.5) until V4 and K1 change by < ``tol`` (in [1e-10, 0.5]) relative; ConvergenceError
+        (with the achieved change) if ``max_levels`` levels or the time limit do not suffice. With ``grid`` given:
+        that fixed grid.
         int D — Hermite/Galerkin truncation at total degree D; "quadratic" — degree 2 only (G-only V4 exactly).
     substeps : RK4 steps per layer at the first level (continuous; default: 32 steps over [0, T] at least).
     pool : where the plane grids run (:func:`kerneleft.maps.as_map`: None or 1 serial, k processes, a map object);
         the numbers do not depend on it (meta ``pool``).
-    meta: representation, truncation (grid, substeps or degrees), error_estimate (relative change of V4, K1 from
-    the previous level, or for a fixed truncation from the next coarser one, ``error_estimate_from``: grid/1.5 and
-    substeps/1.5, or Hermite degree D−2), converged (auto only, always True), levels (auto history), seconds.
+    meta: representation, truncation (grid, substeps, sources — the nodes with computed sources, or degrees),
+    error_estimate (relative change of V4, K1 from the previous level, or for a fixed truncation from the next
+    coarser one, ``error_estimate_from``: grid/1.5 and substeps/1.5 (and source intervals/1.5), or Hermite degree
+    D−2), converged (auto only, always True), levels (auto history), seconds.
     docs/sigma.md#representations, #convergence; docs/numerics.md#ill-conditioned, #overflow.
     """
     check_depth_model("depth_model", depth_model)
@@ -501,7 +521,7 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
         elif grid is not None:                     # fixed grid: this level and the one below for the estimate
             arrays, history, tg = _grid(net, depth_model, grid, s0, -1, 2, None, t0, pool)
             meta.update(representation="grid", truncation={"grid": history[-1]["grid"], "substeps": tg.stride,
-                                                           "box": _BOX},
+                                                           "sources": history[-1]["sources"], "box": _BOX},
                         error_estimate=history[-1]["change"],
                         error_estimate_from={k: history[0][k] for k in ("grid", "substeps")})
         else:
@@ -513,7 +533,7 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
                     f"sigma: not converged to tol {tol:g} after {len(history)} refinements (achieved {err:.2g}, grid "
                     f"{history[-1]['grid']}, substeps {tg.stride}); raise tol (--tol) or use a fixed --degree")
             meta.update(representation="grid", truncation={"grid": history[-1]["grid"], "substeps": tg.stride,
-                                                           "box": _BOX},
+                                                           "sources": history[-1]["sources"], "box": _BOX},
                         error_estimate=err, converged=True, levels=history)
     meta["seconds"] = time.perf_counter() - t0
     return KernelResult(net.t, arrays, meta=meta)
