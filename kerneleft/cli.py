@@ -19,7 +19,7 @@ import numpy as np
 from .config import load_config
 from .ensemble import METHODS, check_ensemble_size
 from .kernel import DEPTH_MODELS
-from .theory import CLOSURES, make_options, solve
+from .theory import CLOSURES, ORDER2_TOL, ORDERS, finite_width, make_options, solve
 from .theory.gonly import GOnlyOptions
 from .theory.sigma import SigmaOptions
 from .estimators import MIN_COV_SAMPLES
@@ -100,6 +100,9 @@ def _summary(res, names=("K0",)) -> str:
         ref = ", ".join(f"{k} {_span(v)}" for k, v in res.meta.get("error_estimate_from", {}).items()) \
             or "the last refinement"
         lines.append(f"error estimate: {res.meta['error_estimate']:.2g} (relative change of V4, K1 from {ref})")
+    if res.meta.get("closure") == "sigma" and "next_order" in res.meta:
+        lines.append(f"next order: error estimate {res.meta['next_order']['error_estimate']:.2g} (relative change "
+                     f"of K2, V4_1 at the last refinement)")
     return "\n".join(lines)
 
 
@@ -126,13 +129,14 @@ def kernel(config, depth_model, json_out):
     click.echo(_summary(res))
 
 
-#: theory flags -> the closure whose option they set (each flag is refused for the other closure)
-_THEORY_FLAGS = {"degree": "sigma", "tol": "sigma", "rtol": "g-only", "atol": "g-only"}
+#: theory flags -> the closure whose option they set (each flag is refused for the other closure); ``tol2`` is an
+#: argument of ``solve`` (the next order's tolerance), the others fields of the closure's options
+_THEORY_FLAGS = {"degree": "sigma", "tol": "sigma", "tol2": "sigma", "rtol": "g-only", "atol": "g-only"}
 
 
 def _theory_options(closure: str, flags: dict) -> dict:
-    """The solver options of the flags given explicitly (not None); InputError ``--tol: applies to --closure sigma
-    only`` for a flag of the other closure."""
+    """The values of the flags given explicitly (not None); InputError ``--tol: applies to --closure sigma only``
+    for a flag of the other closure."""
     opts = {}
     for name, value in flags.items():
         if value is None:
@@ -151,12 +155,21 @@ def _theory_options(closure: str, flags: dict) -> dict:
 @click.option("--depth-model", type=click.Choice(list(DEPTH_MODELS)), default=None,
               help="continuous: the ODEs; discrete: the depth-L recursions [default: continuous; discrete for an MLP, "
                    "which has no continuous model].")
+@click.option("--order", type=click.Choice([str(o) for o in ORDERS]), default="1", show_default=True,
+              help="Order in 1/n: 1 (K1, V4) or 2 (adds K2 with E[G] = K0 + K1/n + K2/n² and V4_1 with "
+                   "n Cov[G] = V4 + V4_1/n; one input of the default block).")
+@click.option("--width", type=int, default=None,
+              help="Also write the finite-width predictions G_mean_pred = K0 + K1/N (+ K2/N²) and "
+                   "V4_pred = V4 (+ V4_1/N) at this width N (>= 1).")
 @click.option("--degree", type=str, default=None,
               help="sigma only: 'auto' (plane-grid resummation, refined to --tol; the default), an integer D "
                    "(Hermite/Galerkin truncation at total degree D) or 'quadratic'.")
 @click.option("--tol", type=float, default=None,
               help=f"sigma only: relative change of V4 and K1 at which 'auto' stops refining [default: "
                    f"{SigmaOptions.tol:g}].")
+@click.option("--tol2", type=float, default=None,
+              help=f"sigma with --order 2 only: relative change of K2 and V4_1 at which the next-order grids stop "
+                   f"refining [default: {ORDER2_TOL:g}].")
 @click.option("--rtol", type=float, default=None,
               help=f"g-only only: ODE relative tolerance [default: {GOnlyOptions.rtol:g}].")
 @click.option("--atol", type=float, default=None,
@@ -164,22 +177,32 @@ def _theory_options(closure: str, flags: dict) -> dict:
 @click.option("--workers", type=int, default=1, show_default=True,
               help="sigma only: processes for the plane grids (independent sub-problems; same numbers).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True)
-def theory(config, closure, depth_model, degree, tol, rtol, atol, workers, json_out):
-    """Leading-order theory: K0, V4 = n Cov[G], K1 with E[G] ≈ K0 + K1/n."""
+def theory(config, closure, depth_model, order, width, degree, tol, tol2, rtol, atol, workers, json_out):
+    """Finite-width theory: K0, V4 = n Cov[G], K1 with E[G] ≈ K0 + K1/n; with --order 2 also K2 and V4_1
+    (docs/nextorder.md#scope); with --width N the predictions at width N (docs/nextorder.md#predictions)."""
     net = load_config(config)
+    order = int(order)
     check_workers("--workers", workers)
     if workers != 1 and closure != "sigma":
         raise InputError("--workers: applies to --closure sigma only")
+    if width is not None:
+        check_int("--width", width, 1)
     with _as_options(*_THEORY_FLAGS):
-        options = make_options(closure, **_theory_options(closure, {"degree": degree, "tol": tol, "rtol": rtol,
-                                                                     "atol": atol}))
+        opts = _theory_options(closure, {"degree": degree, "tol": tol, "tol2": tol2, "rtol": rtol, "atol": atol})
+        if "tol2" in opts and order != 2:
+            raise InputError("--tol2: applies to --order 2 only")
+        tol2 = opts.pop("tol2", ORDER2_TOL)
+        options = make_options(closure, **opts)
     if depth_model is None:
         depth_model = "continuous" if net.residual else "discrete"
     check_output_file("--json", json_out)
-    with _as_options("depth_model"):
-        res = solve(net, closure=closure, depth_model=depth_model, options=options, pool=workers)
+    with _as_options("depth_model", "order", "tol2"):
+        res = solve(net, closure=closure, depth_model=depth_model, options=options, pool=workers, order=order,
+                    tol2=tol2)
+    if width is not None:
+        res = finite_width(res, width)
     write_json(res, json_out)
-    click.echo(_summary(res, ("K0", "K1")))
+    click.echo(_summary(res, ("K0", "K1", "K2", "G_mean_pred")))
 
 
 @cli.command()
@@ -295,7 +318,7 @@ def sweep(sweep_file, out, scheduler, workers):
 
 @cli.command()
 @click.option("--quick", is_flag=True,
-              help="Small ensembles (about 2 min on 2 cores; the full run about 10 min) instead of the full run.")
+              help="Small ensembles (about 3.5 min on 2 cores; the full run about 16 min) instead of the full run.")
 @click.option("--config", type=str, default=None,
               help="TOML config (default: the embedded tanh network with two inputs).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,

@@ -16,7 +16,7 @@ from .result import KernelResult
 from .errors import InputError
 
 __all__ = ["MIN_COV_SAMPLES", "Moments", "merge", "drift_control_variate", "WidthFit",
-           "extrapolate_width", "extrapolate_K1"]
+           "extrapolate_width", "extrapolate_K1", "NEXT_ORDER_WIDTHS", "NextOrderFit", "fit_next_order"]
 
 #: Fewest samples with a defined standard error of a covariance (:meth:`Moments.cov_se`).
 MIN_COV_SAMPLES = 3
@@ -128,13 +128,16 @@ class WidthFit:
     """Per-entry fit ``y_n = Σ_k coef[k] / n^k`` (docs/estimators.md#width-extrapolation); entry shape ``...``.
 
     ``coef``, ``se`` (degree+1, ...): coefficients and their SEs (``coef[0]`` the n → ∞ limit); ``chi2`` (...) the
-    weighted squared residual; ``dof`` (...) widths − degree − 1, 0 for exact entries (SE 0 at every width).
+    weighted squared residual; ``dof`` (...) widths − degree − 1, 0 for exact entries (SE 0 at every width);
+    ``cov`` (..., degree+1, degree+1) the covariance of the coefficients of each entry, (XᵀWX)⁻¹ (0 for exact
+    entries), so ``se = sqrt(diag(cov))``.
     """
 
     coef: np.ndarray
     se: np.ndarray
     chi2: np.ndarray
     dof: np.ndarray
+    cov: np.ndarray
 
     @property
     def value(self) -> np.ndarray:
@@ -166,7 +169,7 @@ def extrapolate_width(widths, values, ses, degree: int = 1) -> WidthFit:
     resid = y - np.einsum("mi,i...->m...", X, coef)
     se = np.moveaxis(np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1)), -1, 0)
     return WidthFit(coef, np.where(exact, 0.0, se), np.where(exact, 0.0, (w * resid ** 2).sum(0)),
-                    np.where(exact, 0, m - degree - 1))
+                    np.where(exact, 0, m - degree - 1), np.where(exact[..., None, None], 0.0, cov))
 
 
 def extrapolate_K1(results) -> KernelResult:
@@ -192,3 +195,48 @@ def extrapolate_K1(results) -> KernelResult:
                               "dof": int(p.vec(fit.dof).sum()),
                               "chi2_T": float(p.vec(fit.chi2[-1]).sum()),
                               "dof_T": int(p.vec(fit.dof[-1]).sum())})
+
+
+#: Fewest widths of :func:`fit_next_order`: the next-order model plus one higher term, with one degree of freedom
+#: left to test it (docs/estimators.md#next-order-fits).
+NEXT_ORDER_WIDTHS = 4
+
+
+@dataclass(frozen=True)
+class NextOrderFit:
+    """The next order in 1/n measured from ensembles at several widths (docs/estimators.md#next-order-fits).
+
+    ``widths`` (m,). ``V4`` fits n Cov[G]_n = V4 + V4_1/n per entry (L+1,P,P,P,P): ``V4.coef[0]`` estimates V4,
+    ``V4.coef[1]`` V4_1, ``V4.cov[..., 0, 1]`` their covariance. ``K`` fits n(E[G]_n − K0) = K1 + K2/n per entry
+    (L+1,P,P) on the control-variate estimate ``K1_cv``: ``K.coef[0]`` estimates K1, ``K.coef[1]`` K2.
+    ``V4_higher`` and ``K_higher`` are the same fits with one more term, c/n²: ``coef[2]/se[2]`` tests whether the
+    truncation after the next order is resolved at these widths, and ``chi2``/``dof`` of each fit its quality.
+    """
+
+    widths: tuple[int, ...]
+    V4: WidthFit
+    K: WidthFit
+    V4_higher: WidthFit
+    K_higher: WidthFit
+
+
+def fit_next_order(results) -> NextOrderFit:
+    """Fit the next order in 1/n per entry from sampler results at >= :data:`NEXT_ORDER_WIDTHS` distinct widths
+    (docs/estimators.md#next-order-fits) by :func:`extrapolate_width`: n Cov[G] (``V4`` with its SE) in 1/n to
+    degrees 1 and 2, and n(E[G] − K0) (``K1_cv``, the control-variate drift estimator with exact K0, and its SE)
+    likewise. ``results``: KernelResults of :func:`kerneleft.ensemble.simulate` (or pooled batches) of one network
+    with distinct ``meta['width']``. Returns a :class:`NextOrderFit`.
+    """
+    results = list(results)
+    widths = [r.meta["width"] for r in results]
+    if len(set(widths)) != len(widths) or len(widths) < NEXT_ORDER_WIDTHS:
+        raise InputError(f"results: need >= {NEXT_ORDER_WIDTHS} distinct widths (the next order and one higher "
+                         f"term, with a degree of freedom left), got {[int(n) for n in widths]}")
+    missing = [k for k in ("V4", "K1_cv") if any(k not in r or k not in r.se for r in results)]
+    if missing:
+        raise InputError(f"results: need {missing[0]} and its standard error (results of simulate)")
+
+    def fit(key: str, degree: int) -> WidthFit:
+        return extrapolate_width(widths, [r[key] for r in results], [r.se[key] for r in results], degree)
+
+    return NextOrderFit(tuple(int(n) for n in widths), fit("V4", 1), fit("K1_cv", 1), fit("V4", 2), fit("K1_cv", 2))

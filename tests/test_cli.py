@@ -283,7 +283,7 @@ def test_write_probe_failure_is_one_line(cfg, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("closure,flag,value,owner", [
-    ("g-only", "--tol", "1e-4", "sigma"), ("g-only", "--degree", "4", "sigma"),
+    ("g-only", "--tol", "1e-4", "sigma"), ("g-only", "--degree", "4", "sigma"), ("g-only", "--tol2", "0.1", "sigma"),
     ("sigma", "--rtol", "1e-6", "g-only"), ("sigma", "--atol", "1e-9", "g-only"),
 ])
 def test_theory_flag_of_the_other_closure_refused(cfg, tmp_path, capsys, closure, flag, value, owner):

@@ -32,11 +32,14 @@ CITABLE = {
     "failure.md": ["transport", "source", "eps2", "validity-window"],
     "sigma.md": ["equations", "arrow-structure", "slaved-m", "rnum", "discrete-depth", "representations",
                  "convergence"],
-    "estimators.md": ["ensembles", "drift-estimator", "control-variate", "standard-errors", "width-extrapolation"],
+    "estimators.md": ["ensembles", "drift-estimator", "control-variate", "standard-errors", "width-extrapolation",
+                      "next-order-fits"],
     "numerics.md": ["closed-forms", "quadrature", "ill-conditioned", "overflow", "interrupts", "caches"],
     "reference.md": ["notation", "errors", "cli"],
     "architectures.md": ["branches", "kernel-maps", "samplers", "layernorm", "gonly-branches", "sigma-branches", "mlp"],
     "mlp.md": ["recursion", "relu-exact", "roberts-yaida"],
+    "nextorder.md": ["scope", "clusters", "observables", "equations", "discrete", "convergence", "gonly", "mlp",
+                     "predictions", "validation", "left"],
 }
 
 

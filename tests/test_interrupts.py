@@ -29,7 +29,8 @@ from kerneleft.sweep import parse_sweep, run_sweep
 
 CFG = {"activation": "tanh", "C_W": 1.5, "C_b": 0.0, "T": 1.0, "depth": 4, "K_in": [[1.0, 0.5], [0.5, 1.2]]}
 TOML = 'activation = "tanh"\nC_W = 1.5\nC_b = 0.0\nT = 1.0\ndepth = 4\nK_in = [[1.0, 0.5], [0.5, 1.2]]\n'
-SIZES = {"widths": (8, 16), "samples": 96, "batches": 4, "diag_width": 16}       # 8 batches of 24 networks
+SIZES = {"widths": (8, 16), "samples": 96, "batches": 4, "diag_width": 16,     # 8 batches of 24 networks
+         "next_widths": ()}                                                       # next order: test_reproduce
 _real_simulate = ensemble.simulate
 
 

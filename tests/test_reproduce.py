@@ -19,12 +19,13 @@ from kerneleft.gaussian import hessian
 from kerneleft.kernel import K0_discrete
 from kerneleft.diagnostics import relative_error, validity_window
 from kerneleft.errors import ConvergenceError
-from kerneleft.estimators import extrapolate_width
-from kerneleft.reproduce import (FIGURES, PLANS, ResultCache, combine_batches, default_network, findings_text,
+from kerneleft.estimators import extrapolate_width, fit_next_order
+from kerneleft.reproduce import (FIGURES, PLANS, Z_CRIT, ResultCache, combine_batches, default_network, findings_text,
                                  reproduce, zscore)
 from kerneleft.reproduce import format_number as _f, format_z as _z
 from kerneleft.result import KernelResult
 from kerneleft.tensors import circ
+from kerneleft.theory import solve
 
 pytestmark = pytest.mark.slow          # the module's reproduce run takes ~30 s
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +33,13 @@ EXAMPLE = ROOT / "examples" / "tanh_two_inputs.toml"
 Z_OK = 5.0          # max |z| tolerated where theory and simulation must agree (many correlated comparisons)
 #: the quick plan at smaller widths, with 1/8 of its networks in 8 batches (diagnostics cost ∝ batches): ~1/5 of its
 #: time. K1's SE shrinks with the width, and every verdict tested keeps a margin of several SE (--quick itself:
-#: |z| = 49 and 18 for the K1 rejections, 39 for V4)
-SIZES = {"widths": (16, 32, 64), "samples": 1 << 14, "batches": 8, "diag_width": 64}
+#: |z| = 49 and 18 for the K1 rejections, 39 for V4). The next-order check is skipped here (its sigma theory at
+#: L = 50 alone takes ~30 s) and tested on a depth-4 network below (NEXT_CFG, NEXT_SIZES).
+SIZES = {"widths": (16, 32, 64), "samples": 1 << 14, "batches": 8, "diag_width": 64, "next_widths": ()}
+#: the next-order check on two inputs (so: the first input alone) of a depth-4 network, 2^16 networks per width
+NEXT_CFG = {"activation": "tanh", "C_W": 2.0, "C_b": 0.0, "T": 2.0, "depth": 4, "K_in": [[1.0, 0.6], [0.6, 1.5]]}
+NEXT_SIZES = {"widths": (8, 16), "samples": 96, "batches": 4, "diag_width": 16, "next_widths": (8, 16, 32, 64),
+              "next_samples": 1 << 16}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +49,14 @@ def run(tmp_path_factory):
     res = reproduce(out, quick=True, sizes=SIZES, progress=False)
     return (out, json.loads((out / "results.json").read_text()), (out / "report.md").read_text(),
             findings_text(res.analysis))
+
+
+@pytest.fixture(scope="module")
+def run_next(tmp_path_factory):
+    """One `reproduce --quick` of NEXT_CFG at NEXT_SIZES; returns (out dir, results.json, report.md)."""
+    out = tmp_path_factory.mktemp("reproduce_next")
+    reproduce(out, quick=True, config=NEXT_CFG, sizes=NEXT_SIZES, pool=1, progress=False)
+    return out, json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
 
 
 def _a(x):
@@ -61,14 +75,21 @@ def test_other_examples_load(name):
     assert net.P in (2, 3) and np.all(np.linalg.eigvalsh(net.K_in) > 0)
 
 
+def _png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    w, h = struct.unpack(">II", data[16:24])
+    assert w >= 600 and h >= 300 and len(data) > 20_000, (path, w, h, len(data))
+
+
 def test_files_and_metadata(run):
-    out, res, _, _ = run
-    for name in FIGURES:
-        data = (out / "figures" / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
-        w, h = struct.unpack(">II", data[16:24])
-        assert w >= 600 and h >= 300 and len(data) > 20_000, (name, w, h, len(data))
-    assert sorted(res["figures"]) == sorted(FIGURES)
+    out, res, report, _ = run
+    drawn = sorted(set(FIGURES) - {"next_order.png"})              # the next-order check is skipped in this run
+    for name in drawn:
+        _png(out / "figures" / name)
+    assert sorted(res["figures"]) == drawn and not (out / "figures" / "next_order.png").exists()
+    assert res["next_order"] is None and res["next_order_skipped"] == "sizes.next_widths is empty"
+    assert "Skipped: sizes.next_widths is empty." in report
     assert res["mode"] == "quick" and res["config"] == load_config(EXAMPLE).to_dict()
     assert set(res["versions"]) >= {"kerneleft", "numpy", "scipy", "python"}
     assert set(res["timings"]) >= {"K0 (discrete, continuous)", "theory sigma", "ensembles (exact conditional sampler)",
@@ -198,7 +219,7 @@ def test_report_states_findings_with_numbers(run):
     assert f"**4. The sigma theory {word[s['repairs_V4']]} V4 (max |z| = {_z(s['V4_max_abs_z'])}) and " \
            f"{word[s['repairs_K1']]} K1 (max |z| = {_z(s['K1_max_abs_z'])}).**" in report
     assert f"max |z| = {_z(f['sigma']['V4_max_abs_z'])}" in report
-    for name in FIGURES:
+    for name in set(FIGURES) - {"next_order.png"}:
         assert f"(figures/{name})" in report
 
 
@@ -216,6 +237,76 @@ def test_rerun_hits_the_cache(run, monkeypatch):
                                   _a(res["simulation"]["extrapolated"]["K1"]))
 
 
+# ----------------------------------------------------------------------------------- next order (one input)
+def test_next_order_figure_report_and_input(run_next):
+    """P = 2: the check runs on the first input alone, with its own seeds; figure, section and finding 5 exist."""
+    out, res, report = run_next
+    _png(out / "figures" / "next_order.png")
+    assert sorted(res["figures"]) == sorted(FIGURES) and res["next_order_skipped"] is None
+    x = res["next_order"]
+    assert x["config"] == network_from_dict(dict(NEXT_CFG, K_in=[[1.0]])).to_dict() and x["config_P"] == 2
+    assert x["widths"] == [8, 16, 32, 64] and res["plan"]["next_samples"] == [1 << 16] * 4
+    assert "this check uses the first input alone, the one-input network with K_in = [[1]]" in report
+    assert ("**5. Next order in 1/n (its first input alone, t = T): n Var[G] is consistent with the sigma next order "
+            "V4 + V4_1/n at every width (max |z| = ") in report and "the leading order V4 is rejected" in report
+    assert "(figures/next_order.png)" in report and "Width fits at t = T" in report
+    main_seeds = {s for v in res["seeds"].values() for s in v}
+    next_seeds = {s for e in x["ensembles"].values() for s in e["meta"]["seeds"]}
+    assert len(next_seeds) == 4 * 4 and not main_seeds & next_seeds
+    assert res["cache"]["simulations_run"] == 2 * 4 + 4 * 4
+    assert x["sigma"]["meta"]["next_order"]["tol2"] == PLANS["quick"]["next_tol2"]
+
+
+def test_next_order_numbers_and_verdicts(run_next):
+    """Every number is the theories' and the ensembles' own; the sigma next order is consistent with the
+    simulation at every width, while the G-only next order of the mean is rejected by the same statistics."""
+    _, res, _ = run_next
+    x = res["next_order"]
+    g = solve(network_from_dict(x["config"]), "g-only", "discrete", order=2)
+    for k in ("K0", "K1", "V4", "K2", "V4_1"):
+        np.testing.assert_array_equal(_a(x["gonly"][k]), g[k])
+    s = {k: _a(x["sigma"][k])[-1].ravel()[0] for k in ("V4", "V4_1", "K1", "K2")}
+    n = np.array(x["widths"], dtype=float)
+    np.testing.assert_allclose(_a(x["predictions"]["var"]["next"]), s["V4"] + s["V4_1"] / n, rtol=1e-14)
+    np.testing.assert_allclose(_a(x["predictions"]["mean"]["next"]), s["K1"] + s["K2"] / n, rtol=1e-14)
+    np.testing.assert_allclose(_a(x["predictions"]["var"]["leading"]), s["V4"], rtol=1e-14)
+    ens = {int(w): e for w, e in x["ensembles"].items()}
+    np.testing.assert_array_equal(_a(x["sim"]["var"]), [_a(ens[w]["V4"])[-1].ravel()[0] for w in x["widths"]])
+    np.testing.assert_array_equal(_a(x["sim"]["mean_se"]), [_a(ens[w]["K1_cv_se"])[-1].ravel()[0] for w in x["widths"]])
+    for q in ("var", "mean"):
+        for p, pred in x["predictions"][q].items():
+            np.testing.assert_allclose(_a(x["z"][q][p]), (_a(x["sim"][q]) - _a(pred)) / _a(x["sim"][f"{q}_se"]))
+    parts = [KernelResult(_a(res["t"]), {k: _a(e[k]) for k in ("V4", "K1_cv")},
+                          {k: _a(e[f"{k}_se"]) for k in ("V4", "K1_cv")}, {"width": w}) for w, e in ens.items()]
+    fit = fit_next_order(parts)
+    for q, f in (("var", fit.V4), ("mean", fit.K)):
+        assert x["fitted"][q]["b"] == pytest.approx(f.coef[1][-1].ravel()[0], rel=1e-12)
+        assert x["fitted"][q]["b_se"] == pytest.approx(f.se[1][-1].ravel()[0], rel=1e-12)
+    # the sigma next order is consistent everywhere; the leading order of n Var[G] (z = 6.5 at n = 8) and the G-only
+    # next order (z = 8.5; 40 for the mean) are rejected; the fitted V4_1 is the sigma one (10.5 ± 2.2), not G-only's
+    assert max(np.max(np.abs(_a(x["z"][q]["next"]))) for q in ("var", "mean")) < Z_OK
+    assert min(np.max(np.abs(_a(x["z"]["var"][p]))) for p in ("leading", "gonly_next")) > Z_CRIT
+    assert np.max(np.abs(_a(x["z"]["mean"]["gonly_next"]))) > 4 * Z_OK
+    vs = x["vs_theory"]
+    assert max(vs["sigma"][q]["chi2_joint"] for q in ("var", "mean")) < 10 and abs(vs["sigma"]["var"]["z_b"]) < 3
+    assert vs["gonly"]["var"]["chi2_joint"] > 50 and vs["gonly"]["var"]["z_b"] > 3
+
+
+def test_next_order_rerun_hits_the_cache(run_next, monkeypatch):
+    import kerneleft.reproduce.pipeline as pipeline
+    out, res, _ = run_next
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("re-run must not simulate or solve")
+
+    monkeypatch.setattr(ensemble, "simulate", no_work)
+    monkeypatch.setattr(pipeline, "solve", no_work)
+    monkeypatch.setattr(figures, "make_figures", lambda analysis, out: [])
+    again = reproduce(out, quick=True, config=NEXT_CFG, sizes=NEXT_SIZES, pool=1, progress=False).to_dict()
+    assert again["cache"]["simulations_run"] == 0 and again["cache"]["misses"] == 0
+    assert again["next_order"]["fitted"] == res["next_order"]["fitted"]
+
+
 def test_bad_input(tmp_path, capsys):
     assert main(["reproduce", "--quick", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: --config:")
@@ -227,6 +318,12 @@ def test_bad_input(tmp_path, capsys):
         reproduce(tmp_path, sizes={"samples": 100, "batches": 16})
     with pytest.raises(TypeError, match=r"^config:"):
         reproduce(tmp_path, config=3.0)
+    with pytest.raises(ValueError, match=r"^sizes\.next_widths: must be >= 4 distinct integers"):
+        reproduce(tmp_path, sizes={"next_widths": (16, 32, 64)})
+    with pytest.raises(ValueError, match=r"^sizes\.next_samples:"):
+        reproduce(tmp_path, sizes={"next_samples": 100})
+    with pytest.raises(ValueError, match=r"^sizes\.next_tol2:"):
+        reproduce(tmp_path, sizes={"next_tol2": 1.0})
 
 
 # ----------------------------------------------------------------------------------- statistics helpers

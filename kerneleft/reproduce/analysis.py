@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import Network
 from ..diagnostics import TERMS, relative_error, validity_window
-from ..estimators import WidthFit, extrapolate_width
+from ..estimators import NextOrderFit, WidthFit, extrapolate_width, fit_next_order
 from ..result import KernelResult
 from ..tensors import circ
 from ..coefficients import branch_stages, coefficients, first_segment, gaussian_input_noise, tadpole
@@ -26,9 +26,10 @@ from ..pairs import pair_basis
 
 __all__ = ["Z_CRIT", "WINDOW_THRESHOLDS", "THEORY_NAMES", "Plan", "Theories", "Extrapolated", "Comparison",
            "Estimate", "K1Source", "ResidualSplit", "WidthError", "Validity", "K0Finding", "V4Finding",
-           "K1SourceFinding", "K1Finding", "SigmaFinding", "Findings", "Analysis", "Run", "Results",
-           "combine_batches", "extrapolate", "zscore", "compare", "k1_source_t0", "residual_split", "validity",
-           "analyse", "pairs", "v4_entries", "depth_indices", "exact_source_t0", "residual_terms"]
+           "K1SourceFinding", "K1Finding", "SigmaFinding", "Findings", "CoefficientFit", "NextOrderCheck",
+           "NEXT_ORDER_PREDICTIONS", "Analysis", "Run", "Results", "combine_batches", "extrapolate", "zscore",
+           "compare", "k1_source_t0", "residual_split", "validity", "next_order_check", "analyse", "pairs",
+           "v4_entries", "depth_indices", "exact_source_t0", "residual_terms"]
 
 #: |z| above which a theory is called rejected (and at or below which consistent), for every comparison.
 Z_CRIT = 4.0
@@ -40,9 +41,10 @@ THEORY_NAMES = {"gonly": "gonly_discrete", "gonly_continuous": "gonly_continuous
 
 
 def _plain(obj: Any) -> Any:
-    """A frozen result as nested dicts (field name -> value), KernelResults as {**arrays, "meta": meta}."""
+    """A frozen result as nested dicts (field name -> value), KernelResults as {**arrays, **{"<name>_se": SE},
+    "meta": meta}."""
     if isinstance(obj, KernelResult):
-        return {**obj.arrays, "meta": obj.meta}
+        return {**obj.arrays, **{f"{k}_se": v for k, v in obj.se.items()}, "meta": obj.meta}
     if hasattr(obj, "__dataclass_fields__"):
         return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, Mapping):
@@ -54,11 +56,15 @@ def _plain(obj: Any) -> Any:
 @dataclass(frozen=True)
 class Plan:
     """Run sizes: ``samples[i]`` networks at ``widths[i]`` in ``batches`` seeded batches; diagnostics shown at
-    ``diag_width``."""
+    ``diag_width``. The next-order check (one input): ``next_samples[i]`` networks at ``next_widths[i]`` (empty: the
+    check is skipped), the sigma next order refined to ``next_tol2``."""
     widths: tuple[int, ...]
     samples: tuple[int, ...]
     batches: int
     diag_width: int
+    next_widths: tuple[int, ...]
+    next_samples: tuple[int, ...]
+    next_tol2: float
 
 
 @dataclass(frozen=True)
@@ -258,6 +264,79 @@ class SigmaFinding:
     meta: Mapping[str, Any]
 
 
+#: the predictions of the next-order check, per width n (docs/nextorder.md#predictions): name -> (theory, order)
+NEXT_ORDER_PREDICTIONS = {"leading": ("sigma", 1), "next": ("sigma", 2), "gonly_next": ("gonly", 2)}
+
+
+@dataclass(frozen=True)
+class CoefficientFit:
+    """One entry at t = T of a width fit y_n = a + b/n (:attr:`kerneleft.estimators.NextOrderFit.V4` or ``.K``):
+    ``a``, ``b`` with SEs, their correlation ``corr``, ``chi2`` for ``dof``; and of the fit with one more term,
+    y_n = a + b/n + c/n²: ``b_higher``, ``c`` with SEs and ``chi2_higher`` (docs/estimators.md#next-order-fits)."""
+    a: float
+    a_se: float
+    b: float
+    b_se: float
+    corr: float
+    chi2: float
+    dof: int
+    b_higher: float
+    b_higher_se: float
+    c: float
+    c_se: float
+    chi2_higher: float
+
+    @classmethod
+    def at(cls, fit: WidthFit, higher: WidthFit, idx: tuple) -> "CoefficientFit":
+        cov = fit.cov[idx]
+        return cls(float(fit.coef[(0, *idx)]), float(fit.se[(0, *idx)]), float(fit.coef[(1, *idx)]),
+                   float(fit.se[(1, *idx)]), float(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])),
+                   float(fit.chi2[idx]), int(fit.dof[idx]), float(higher.coef[(1, *idx)]),
+                   float(higher.se[(1, *idx)]), float(higher.coef[(2, *idx)]), float(higher.se[(2, *idx)]),
+                   float(higher.chi2[idx]))
+
+    def against(self, a: float, b: float) -> dict[str, float]:
+        """A theory's (a, b) against the fit: ``z_b`` = (b_fit − b)/SE and ``chi2_joint``, the χ² (2 dof) of
+        (a, b) jointly with the fit's covariance."""
+        d = np.array([self.a - a, self.b - b])
+        s = np.array([self.a_se, self.b_se])
+        cov = np.outer(s, s) * np.array([[1.0, self.corr], [self.corr, 1.0]])
+        return {"z_b": float(d[1] / self.b_se), "chi2_joint": float(d @ np.linalg.solve(cov, d))}
+
+
+@dataclass(frozen=True)
+class NextOrderCheck:
+    """The next order in 1/n against exact ensembles of one input (docs/nextorder.md#validation,
+    docs/estimators.md#next-order-fits). ``config``: the one-input network (K_in = [[K_in[0, 0]]] of the run's
+    config, whose number of inputs is ``config_P``); ``sigma``, ``gonly``: its depth-L theories at order 2;
+    ``ensembles[n]``: pooled ensembles per width; ``fit``: :func:`kerneleft.estimators.fit_next_order` over them.
+    At t = T, per width (arrays (m,) over ``widths``): ``sim`` ``var`` = n Var[G], ``mean`` = n(E[G] − K0) (control
+    variate), each with ``*_se``; ``predictions[q][p]`` and ``z[q][p]`` = (sim − prediction)/SE for q in (var, mean)
+    and p in :data:`NEXT_ORDER_PREDICTIONS` (leading: V4, K1; next: V4 + V4_1/n, K1 + K2/n; G-only next order);
+    ``fitted[q]`` the fits at t = T and ``vs_theory[theory][q]`` their comparison with each theory's coefficients."""
+    widths: tuple[int, ...]
+    config: Mapping[str, Any]
+    config_P: int
+    sigma: KernelResult
+    gonly: KernelResult
+    ensembles: Mapping[int, KernelResult]
+    fit: NextOrderFit
+    sim: Mapping[str, np.ndarray]
+    predictions: Mapping[str, Mapping[str, np.ndarray]]
+    z: Mapping[str, Mapping[str, np.ndarray]]
+    fitted: Mapping[str, CoefficientFit]
+    vs_theory: Mapping[str, Mapping[str, Mapping[str, float]]]
+
+    def coefficients(self, theory: str) -> dict[str, float]:
+        """V4, V4_1, K1, K2 of ``theory`` (sigma or gonly) at t = T."""
+        return _final(getattr(self, theory))
+
+
+def _final(res: KernelResult) -> dict[str, float]:
+    """V4, V4_1, K1, K2 of a one-input order-2 theory at t = T."""
+    return {k: float(res[k][-1].ravel()[0]) for k in ("V4", "V4_1", "K1", "K2")}
+
+
 @dataclass(frozen=True)
 class Findings:
     """The numbers behind each statement of the report, with the verdicts derived from them (criterion
@@ -273,7 +352,8 @@ class Findings:
 class Analysis:
     """Everything :func:`analyse` derives. ``comparisons[quantity][theory]`` for quantity K0 (theories
     discrete/continuous), V4, V4_cv, K1 (theories of :data:`THEORY_NAMES` that exist, :meth:`Theories.names`).
-    ``residual``: False for an MLP (its K1 source at layer l is K1^{l+1}, not a slope in t)."""
+    ``residual``: False for an MLP (its K1 source at layer l is K1^{l+1}, not a slope in t). ``next_order``: the
+    one-input next-order check, or None with the reason in ``next_order_skipped``."""
     t: np.ndarray
     eps: float
     P: int
@@ -289,6 +369,8 @@ class Analysis:
     k1_source_t0: K1Source
     findings: Findings
     residual: bool = True
+    next_order: NextOrderCheck | None = None
+    next_order_skipped: str | None = None
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -341,7 +423,7 @@ class Results:
                "comparisons": _plain(a.comparisons), "validity": _plain(validity),
                "v4_gonly_by_width": _plain(a.v4_gonly_by_width), "v4_residual": _plain(a.v4_residual),
                "k1_source_t0": _plain(a.k1_source_t0), "findings": _plain(a.findings), "z_crit": Z_CRIT,
-               "failed": None}
+               "next_order": _plain(a.next_order), "next_order_skipped": a.next_order_skipped, "failed": None}
         out.update(_plain(run))
         return out
 
@@ -465,6 +547,34 @@ def validity(t: np.ndarray, theories: Mapping[str, Mapping[str, np.ndarray]],
                     {q: np.asarray(r) for q, r in diag.meta["relative_error"].items()})
 
 
+def next_order_check(config: Mapping[str, Any], config_P: int, sigma: KernelResult, gonly: KernelResult,
+                     ensembles: Mapping[int, KernelResult]) -> NextOrderCheck:
+    """The next-order check of a one-input network (``config``; the run's config has ``config_P`` inputs) from its
+    order-2 theories (depth L) and its pooled ensembles at >= 4 widths; see :class:`NextOrderCheck`."""
+    widths = tuple(sorted(ensembles))
+    n = np.array(widths, dtype=float)
+    last4, last2 = (-1, 0, 0, 0, 0), (-1, 0, 0)
+    sim = {"var": np.array([ensembles[w]["V4"][last4] for w in widths]),
+           "var_se": np.array([ensembles[w].se["V4"][last4] for w in widths]),
+           "mean": np.array([ensembles[w]["K1_cv"][last2] for w in widths]),
+           "mean_se": np.array([ensembles[w].se["K1_cv"][last2] for w in widths])}
+    th = {"sigma": _final(sigma), "gonly": _final(gonly)}
+    terms = {"var": ("V4", "V4_1"), "mean": ("K1", "K2")}
+
+    def predict(q: str, theory: str, order: int) -> np.ndarray:
+        lead, nxt = (th[theory][k] for k in terms[q])
+        return lead + nxt / n if order == 2 else np.full(n.shape, lead)
+
+    predictions = {q: {p: predict(q, *spec) for p, spec in NEXT_ORDER_PREDICTIONS.items()} for q in ("var", "mean")}
+    z = {q: {p: (sim[q] - v) / sim[f"{q}_se"] for p, v in predictions[q].items()} for q in predictions}
+    fit = fit_next_order(ensembles[w] for w in widths)
+    fitted = {"var": CoefficientFit.at(fit.V4, fit.V4_higher, last4),
+              "mean": CoefficientFit.at(fit.K, fit.K_higher, last2)}
+    vs = {name: {q: fitted[q].against(*(c[k] for k in terms[q])) for q in terms} for name, c in th.items()}
+    return NextOrderCheck(widths, dict(config), int(config_P), sigma, gonly, dict(ensembles), fit, sim, predictions,
+                          z, fitted, vs)
+
+
 # ------------------------------------------------------------------------------------------------ labels
 def pairs(P: int) -> list[tuple[int, int]]:
     """The P(P+1)/2 index pairs (a, b), a <= b (0-based)."""
@@ -571,9 +681,11 @@ def _findings(a: Analysis) -> Findings:
 
 # ------------------------------------------------------------------------------------------------ analyse
 def analyse(net: Network, plan: Plan, theory: Theories, ensembles: Mapping[int, KernelResult],
-            k1x: KernelResult, diags: Mapping[int, KernelResult], threshold: float) -> Analysis:
+            k1x: KernelResult, diags: Mapping[int, KernelResult], threshold: float,
+            next_order: NextOrderCheck | None = None, next_order_skipped: str | None = None) -> Analysis:
     """All comparisons and the findings' numbers from the theories, the pooled ensembles of each width, their K1
-    extrapolation ``k1x`` and the diagnostics of each width (see :mod:`kerneleft.reproduce.rendering`)."""
+    extrapolation ``k1x`` and the diagnostics of each width (see :mod:`kerneleft.reproduce.rendering`); the
+    next-order check (:func:`next_order_check`) is carried as given, or None with the reason it was skipped."""
     t, widths = net.t, plan.widths
     g = theory.gonly_discrete
     v4_direct = extrapolate_width(widths, [ensembles[n]["V4"] for n in widths],
@@ -593,5 +705,5 @@ def analyse(net: Network, plan: Plan, theory: Theories, ensembles: Mapping[int, 
                 for n, e in ensembles.items()}
     a = Analysis(t, net.eps, net.P, plan, theory, dict(ensembles), ext, diags[plan.diag_width], comparisons,
                  validity(t, theories, refs, threshold, diags[plan.diag_width]), by_width, residual,
-                 k1_source_t0(net, ensembles), None, net.residual)
+                 k1_source_t0(net, ensembles), None, net.residual, next_order, next_order_skipped)
     return replace(a, findings=_findings(a))

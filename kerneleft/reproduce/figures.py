@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from ..diagnostics import TERMS
 from .analysis import Z_CRIT, Analysis, pairs, residual_terms, v4_entries
-from .rendering import FIGURES, format_z, pair_label, v4_label
+from .rendering import FIGURES, format_number, format_z, pair_label, v4_label
 
 __all__ = ["make_figures"]
 
@@ -291,14 +291,60 @@ def fig_validity(r: Analysis, path: Path) -> str:
     return _save(fig, path)
 
 
+def fig_next_order(r: Analysis, path: Path) -> str:
+    """Var[G] and E[G] − K0 of one input at t = T against n (docs/nextorder.md#validation): the simulation (±2 SE
+    bars), the sigma leading order (V4/n, K1/n) and next order (V4/n + V4_1/n², K1/n + K2/n²), the G-only next order;
+    below, n Var[G] and n(E[G] − K0) against 1/n, where the next order is a straight line, with the width fit."""
+    x = r.next_order
+    s, g = x.coefficients("sigma"), x.coefficients("gonly")
+    n = np.array(x.widths, dtype=float)
+    grid = np.geomspace(n[0] / 1.3, n[-1] * 1.3, 200)
+    fig, ax = _figure(2, 2, w=5.4, h=3.8)
+    who = "one input" if x.config_P == 1 else "first input alone"
+    fig.suptitle(f"Next order in 1/n ({who}, K_in = {format_number(x.config['K_in'][0][0])}, t = T): "
+                 f"simulation (bars ±2 SE) vs theory (depth L)")
+    cases = (("var", "V4", "V4_1", "Var[G]", "n Var[G]"), ("mean", "K1", "K2", "E[G] − K0", "n(E[G] − K0)"))
+    for j, (q, lead, nxt, label, scaled) in enumerate(cases):
+        top, bottom = ax[j], ax[2 + j]
+        y, se = x.sim[q], x.sim[f"{q}_se"]
+        top.errorbar(n, y / n, 2 * se / n, fmt="o", color=C_SIM, capsize=3, ms=4, label="simulation")
+        top.plot(grid, s[lead] / grid, color=C_SIGMA, ls=":", lw=1.2, label=f"leading order {lead}/n")
+        top.plot(grid, s[lead] / grid + s[nxt] / grid ** 2, color=C_SIGMA, ls="--", lw=1.5,
+                 label=f"sigma next order {lead}/n + {nxt}/n²")
+        top.plot(grid, g[lead] / grid + g[nxt] / grid ** 2, color=C_GONLY, ls="-", lw=1.2,
+                 label="G-only next order")
+        top.set_xscale("log", base=2)
+        if q == "var":
+            top.set_yscale("log")
+        top.set(xlabel="width n", ylabel=f"{label} at t = T", title=f"({'ab'[j]}) {label} against n")
+        xs = np.linspace(0.0, 1.1 / n[0], 100)
+        f = x.fitted[q]
+        fit = f.a + f.b * xs
+        band = 2 * np.sqrt(f.a_se ** 2 + 2 * f.corr * f.a_se * f.b_se * xs + (f.b_se * xs) ** 2)
+        bottom.fill_between(xs, fit - band, fit + band, color="0.85", lw=0, label="fit a + b/n (±2 SE)")
+        bottom.errorbar(1.0 / n, y, 2 * se, fmt="o", color=C_SIM, capsize=3, ms=4, label="simulation")
+        bottom.axhline(s[lead], color=C_SIGMA, ls=":", lw=1.2, label=f"leading order {lead}")
+        bottom.plot(xs, s[lead] + s[nxt] * xs, color=C_SIGMA, ls="--", lw=1.5, label=f"sigma {lead} + {nxt}/n")
+        bottom.plot(xs, g[lead] + g[nxt] * xs, color=C_GONLY, ls="-", lw=1.2, label=f"G-only {lead} + {nxt}/n")
+        bottom.set_xticks([0.0, *(1.0 / n)], ["∞", *[f"1/{w}" for w in x.widths]])
+        bottom.set(xlabel="1/n", ylabel=f"{scaled} at t = T", title=f"({'cd'[j]}) {scaled}: slope = {nxt}")
+        for a in (top, bottom):
+            a.legend(fontsize=7)
+    return _save(fig, path)
+
+
 _MAKERS = {"k0.png": fig_k0, "v4.png": fig_v4, "v4_relative_error.png": fig_v4_relative,
            "v4_residual.png": fig_v4_residual, "k1.png": fig_k1, "k1_source.png": fig_k1_source,
-           "validity.png": fig_validity}
+           "validity.png": fig_validity, "next_order.png": fig_next_order}
 assert set(_MAKERS) == set(FIGURES)
+#: figures drawn only when the run has their part (the next-order check can be skipped)
+_OPTIONAL = {"next_order.png": lambda a: a.next_order is not None}
 
 
 def make_figures(analysis: Analysis, outdir: str | Path) -> list[str]:
-    """Write every figure of :data:`kerneleft.reproduce.rendering.FIGURES` into ``outdir``; returns their names."""
+    """Write the figures of :data:`kerneleft.reproduce.rendering.FIGURES` into ``outdir`` (next_order.png only
+    when the next-order check ran); returns their names."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    return [maker(analysis, outdir / name) for name, maker in _MAKERS.items()]
+    return [maker(analysis, outdir / name) for name, maker in _MAKERS.items()
+            if _OPTIONAL.get(name, lambda a: True)(analysis)]

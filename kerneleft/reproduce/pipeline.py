@@ -12,8 +12,13 @@ Stages (each timed and announced on stderr; simulations and theories cached unde
    each, so an interrupted run loses at most one batch) and pooled.
 5. ``width extrapolation``: K1 by :func:`kerneleft.estimators.extrapolate_K1`.
 6. ``diagnostics``: :func:`kerneleft.diagnostics.diagnose` on each width's batches (no re-simulation; cached).
-7. ``analysis``: :func:`kerneleft.reproduce.analysis.analyse`.
-8. ``figures`` (:mod:`kerneleft.reproduce.figures`), then ``results.json`` and ``report.md``.
+7. ``next order``: the next order in 1/n of one input (docs/nextorder.md#validation): the first input alone (the
+   one-input network with K_in = [[K_in[0, 0]]]), its sigma and G-only theories at order 2 (depth L) and its
+   ensembles at ``next_widths`` (batches of their own seeds), fitted by :func:`kerneleft.estimators.fit_next_order`.
+   Skipped (None; the report says why) when ``next_widths`` is empty or the network has no next order
+   (docs/nextorder.md#scope).
+8. ``analysis``: :func:`kerneleft.reproduce.analysis.analyse`.
+9. ``figures`` (:mod:`kerneleft.reproduce.figures`), then ``results.json`` and ``report.md``.
 
 A stage that fails is loud: ``results.json`` (``failed``: stage and error) and ``report.md`` say so, and the error
 propagates (the CLI exits non-zero). Ctrl-C/SIGTERM writes partial results and raises
@@ -40,14 +45,16 @@ from .._version import __version__
 from ..config import Network, load_config, network_from_dict
 from ..diagnostics import diagnose
 from ..errors import InputError, Interrupted
-from ..estimators import MIN_COV_SAMPLES, extrapolate_K1
+from ..estimators import MIN_COV_SAMPLES, NEXT_ORDER_WIDTHS, extrapolate_K1
 from ..kernel import kernel
+from ..limits import check_tolerance
 from ..maps import as_map, describe
 from ..result import KernelResult, write_json
-from ..theory import solve
+from ..theory import ORDER2_TOL, solve
+from ..theory.nextorder import check_supported
 from ..validate import check_int, check_positive
 from . import figures
-from .analysis import Plan, Results, Run, Theories, analyse, combine_batches
+from .analysis import NextOrderCheck, Plan, Results, Run, Theories, analyse, combine_batches, next_order_check
 from .cache import ResultCache
 from .rendering import render_report, render_stopped
 
@@ -56,9 +63,15 @@ __all__ = ["reproduce", "default_network", "resolve_network", "PLANS", "DEFAULT_
 #: Run sizes. ``samples``: networks per width (a multiple of ``batches``); ``diag_width``: the width whose
 #: diagnostics are shown at finite n (figure k1_source, the diagnostics' own validity windows). Sampling cost grows
 #: with width × samples (quick: 170 s CPU, 2.5 min wall on 2 busy cores; full: 8 × its sampling, 10.3 min wall).
+#: The next-order check (stage 7): ``next_samples`` one-input networks at each of ``next_widths`` (>= 4 widths, or
+#: () to skip it), the sigma next order refined to ``next_tol2``. Default network, measured on 2 busy cores: the
+#: ensembles 30 s wall per 4 × 2^16 networks; the sigma next order 36–52 s to two grid levels (relative change
+#: 0.098, within quick's tol2 = 0.1), 87 s to three (change 0.0016, full's 0.01).
 PLANS: dict[str, dict[str, Any]] = {
-    "full": {"widths": (32, 64, 128), "samples": 1 << 20, "batches": 16, "diag_width": 128},
-    "quick": {"widths": (32, 64, 128), "samples": 1 << 17, "batches": 16, "diag_width": 128},
+    "full": {"widths": (32, 64, 128), "samples": 1 << 20, "batches": 16, "diag_width": 128,
+             "next_widths": (16, 32, 64, 128), "next_samples": 1 << 19, "next_tol2": ORDER2_TOL},
+    "quick": {"widths": (32, 64, 128), "samples": 1 << 17, "batches": 16, "diag_width": 128,
+              "next_widths": (16, 32, 64, 128), "next_samples": 1 << 16, "next_tol2": 0.1},
 }
 DEFAULT_SEED = 20260101
 METHOD = "conditional"
@@ -85,6 +98,23 @@ def resolve_network(config) -> tuple[Network, str]:
     raise InputError(f"config: must be None, a TOML path, a mapping or a Network, got {type(config).__name__}")
 
 
+def _widths(name: str, widths, minimum: int) -> tuple[int, ...]:
+    """``widths``: >= ``minimum`` distinct integers >= 1, sorted; InputError ``sizes.<name>: ...``."""
+    if (not isinstance(widths, Sequence) or len(widths) < minimum or len(set(widths)) != len(widths)
+            or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in widths)):
+        raise InputError(f"sizes.{name}: must be >= {minimum} distinct integers >= 1, got {widths!r}")
+    return tuple(sorted(int(w) for w in widths))
+
+
+def _samples(name: str, samples, widths: tuple, B: int) -> tuple[int, ...]:
+    """``samples``: one or len(widths) multiples of B that are >= 3 B, one per width; InputError naming it."""
+    out = (samples,) * len(widths) if isinstance(samples, (int, np.integer)) else tuple(samples)
+    if len(out) != len(widths) or any(int(s) < MIN_COV_SAMPLES * B or int(s) % B for s in out):
+        raise InputError(f"sizes.{name}: must be one or {len(widths)} multiples of batches={B} that are "
+                         f">= {MIN_COV_SAMPLES * B}, got {samples!r}")
+    return tuple(int(s) for s in out)
+
+
 def _plan(quick: bool, sizes: Mapping | None) -> Plan:
     """Run sizes: PLANS['quick' or 'full'] updated by ``sizes``; validated, ``samples`` expanded per width."""
     plan = dict(PLANS["quick" if quick else "full"])
@@ -93,20 +123,16 @@ def _plan(quick: bool, sizes: Mapping | None) -> Plan:
         if unknown:
             raise InputError(f"sizes.{unknown[0]}: unknown key (allowed: {', '.join(sorted(plan))})")
         plan.update(sizes)
-    widths = plan["widths"]
-    if (not isinstance(widths, Sequence) or len(widths) < 2 or len(set(widths)) != len(widths)
-            or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in widths)):
-        raise InputError(f"sizes.widths: must be >= 2 distinct integers >= 1, got {widths!r}")
-    widths = tuple(sorted(int(w) for w in widths))
+    widths = _widths("widths", plan["widths"], 2)
     B = check_int("sizes.batches", plan["batches"], 2)
-    samples = plan["samples"]
-    samples = (samples,) * len(widths) if isinstance(samples, (int, np.integer)) else tuple(samples)
-    if len(samples) != len(widths) or any(int(s) < MIN_COV_SAMPLES * B or int(s) % B for s in samples):
-        raise InputError(f"sizes.samples: must be one or {len(widths)} multiples of batches={B} that are "
-                         f">= {MIN_COV_SAMPLES * B}, got {plan['samples']!r}")
+    samples = _samples("samples", plan["samples"], widths, B)
     if plan["diag_width"] not in widths:
         raise InputError(f"sizes.diag_width: must be one of the widths {list(widths)}, got {plan['diag_width']!r}")
-    return Plan(widths, tuple(int(s) for s in samples), int(B), int(plan["diag_width"]))
+    skip = isinstance(plan["next_widths"], Sequence) and len(plan["next_widths"]) == 0
+    next_widths = () if skip else _widths("next_widths", plan["next_widths"], NEXT_ORDER_WIDTHS)
+    next_samples = _samples("next_samples", plan["next_samples"], next_widths, B) if next_widths else ()
+    tol2 = check_tolerance("sizes.next_tol2", plan["next_tol2"], 1e-8, 0.5)
+    return Plan(widths, samples, int(B), int(plan["diag_width"]), next_widths, next_samples, tol2)
 
 
 # ------------------------------------------------------------------------------------------------ progress
@@ -163,17 +189,19 @@ def _theories(net: Network, cache: ResultCache, log: _Stages, opts: Mapping[str,
     return Theories(K0d, K0c, g_cont, g_disc, s_disc, s_cont)
 
 
-def _simulate_width(net: Network, width: int, samples: int, batches: int, seed: int, pool, cache: ResultCache,
+def _simulate_width(net: Network, width: int, samples: int, seeds: Sequence[int], pool, cache: ResultCache,
                     log: _Stages, progress: bool, done: dict[str, dict[int, int]]) -> tuple[list[KernelResult], int]:
-    """The ``batches`` seeded ensembles of one width (cached one by one); returns (results, number cached).
+    """One seeded ensemble of ``samples // len(seeds)`` networks per seed at one width (cached one by one);
+    returns (results, number cached).
 
     ``done['batches'][width]`` and ``done['samples'][width]`` count the finished batches and the networks simulated
     (a batch cut short included). A batch cut short by Ctrl-C is not cached and raises :class:`Interrupted`.
     """
+    batches = len(seeds)
     per = samples // batches
     chunk = _ensemble.default_chunk_size(METHOD, net, width)
     out, cached = [], 0
-    for b, s in enumerate(_ensemble.batch_seeds(seed, batches, width=width)):
+    for b, s in enumerate(seeds):
         fields = {"config": net.to_dict(), "method": METHOD, "width": width, "samples": per, "seed": s,
                   "chunk_size": chunk}
         res, hit = cache.get("simulate", fields, lambda s=s: _ensemble.simulate(
@@ -187,6 +215,43 @@ def _simulate_width(net: Network, width: int, samples: int, batches: int, seed: 
         out.append(res)
     log.say(f"width n = {width}: {batches} batches x {per} networks ({cached} from cache)")
     return out, cached
+
+
+def _one_input(net: Network, plan: Plan) -> tuple[Network | None, str | None]:
+    """(network, None): the network of the next-order check, ``net`` itself for one input, else its first input
+    alone (K_in = [[K_in[0, 0]]], the marginal law of G_00); (None, why) when the check is skipped."""
+    if not plan.next_widths:
+        return None, "sizes.next_widths is empty"
+    one = net if net.P == 1 else net.replace(K_in=net.K_in[:1, :1])
+    try:
+        check_supported(one)
+    except InputError as err:
+        return None, "order 2" + str(err).removeprefix("order: 2")
+    return one, None
+
+
+def _next_order(net: Network, one: Network, plan: Plan, seed: int, pool, opts: Mapping[str, Mapping],
+                cache: ResultCache, log: _Stages, progress: bool, done: dict) -> tuple[NextOrderCheck, int]:
+    """Stage 7 for the one-input network ``one`` of ``net``: the order-2 theories (depth L, cached) and the
+    ensembles at ``plan.next_widths``, each width's batches seeded by the ``plan.batches`` seeds after those of the
+    main ensembles in its stream (:func:`kerneleft.ensemble.batch_seeds`), so the two sets are independent.
+    Returns the check and the number of batches taken from the cache."""
+    cfg = one.to_dict()
+    theories = {}
+    for closure in ("sigma", "g-only"):
+        tol2 = {"tol2": plan.next_tol2} if closure == "sigma" else {}
+        fields = {"config": cfg, "closure": closure, "depth_model": "discrete", "opts": dict(opts[closure]),
+                  "order": 2, **tol2}
+        theories[closure] = cache.get("theory", fields, lambda c=closure, t=tol2: solve(
+            one, c, depth_model="discrete", order=2, **t, **opts[c]))[0]
+    ensembles, n_cached = {}, 0
+    B = plan.batches
+    for n, N in zip(plan.next_widths, plan.next_samples):
+        seeds = _ensemble.batch_seeds(seed, 2 * B, width=n)[B:]
+        batches, hit = _simulate_width(one, n, N, seeds, pool, cache, log, progress, done)
+        ensembles[n] = combine_batches(batches)
+        n_cached += hit
+    return next_order_check(cfg, net.P, theories["sigma"], theories["g-only"], ensembles), n_cached
 
 
 def _diagnose(net: Network, batches: Sequence[KernelResult], seed: int, threshold: float,
@@ -206,17 +271,25 @@ def _stopped(out: Path, record: dict, title: str, message: str) -> None:
     (out / "report.md").write_text(render_stopped(title, message))
 
 
-def _interrupted(out: Path, stage: str, record: dict, plan: Plan, done: dict, cache: ResultCache) -> Interrupted:
-    """Write ``out/results.json`` (``interrupted: true``, the networks simulated per width) and a short
-    ``out/report.md`` for a run stopped by Ctrl-C/SIGTERM in ``stage``; returns the error to raise."""
-    total = len(plan.widths) * plan.batches
+def _interrupted(out: Path, stage: str, record: dict, plan: Plan, done: dict, done_next: dict | None,
+                 cache: ResultCache) -> Interrupted:
+    """Write ``out/results.json`` (``interrupted: true``, the networks simulated per width, those of the one-input
+    ensembles under ``next_order``) and a short ``out/report.md`` for a run stopped by Ctrl-C/SIGTERM in ``stage``;
+    ``done_next``: the one-input ensembles' counts (None if the next-order check is skipped). Returns the error to
+    raise."""
+    parts = [(done, plan.widths)] + ([(done_next, plan.next_widths)] if done_next is not None else [])
+    total = sum(len(widths) * plan.batches for _, widths in parts)
+    finished = sum(sum(d["batches"].values()) for d, _ in parts)
+    networks = sum(sum(d["samples"].values()) for d, _ in parts)
     kept = f"they are cached in {out / 'cache'}" if cache.enabled else "the cache is disabled, so they are lost"
-    msg = (f"reproduce: interrupted in stage '{stage}' after {sum(done['batches'].values())} of {total} ensemble "
-           f"batches ({sum(done['samples'].values())} networks); {kept}; {out / 'results.json'} is marked "
-           f"interrupted; rerun the same command to finish")
+    msg = (f"reproduce: interrupted in stage '{stage}' after {finished} of {total} ensemble batches ({networks} "
+           f"networks); {kept}; {out / 'results.json'} is marked interrupted; rerun the same command to finish")
+    nxt = {} if done_next is None else {"next_order": {
+        "samples": done_next["samples"], "samples_requested": dict(zip(plan.next_widths, plan.next_samples)),
+        "batches_finished": done_next["batches"]}}
     _stopped(out, {**record, "interrupted": True, "stage": stage, "samples": done["samples"],
                    "samples_requested": dict(zip(plan.widths, plan.samples)), "batches_finished": done["batches"],
-                   "message": msg, "cache": _cache_record(out, cache)}, "interrupted", f"{msg}.")
+                   **nxt, "message": msg, "cache": _cache_record(out, cache)}, "interrupted", f"{msg}.")
     return Interrupted(msg)
 
 
@@ -234,7 +307,8 @@ def reproduce(out: str | Path, quick: bool = False, config=None, *, sizes: Mappi
 
     ``config``: None (the embedded default, a tanh network with two inputs), a TOML path, a mapping or a Network.
     ``quick``: the small plan :data:`PLANS` ['quick'] instead of 'full'; ``sizes`` overrides plan keys
-    (``widths``, ``samples``, ``batches``, ``diag_width``). ``seed``: root seed of all ensembles (default
+    (``widths``, ``samples``, ``batches``, ``diag_width``; ``next_widths``, ``next_samples``, ``next_tol2`` of the
+    next-order check, ``next_widths=()`` skips it). ``seed``: root seed of all ensembles (default
     :data:`DEFAULT_SEED`). ``pool``: where each ensemble's chunks run (:func:`kerneleft.maps.as_map`: None or 1
     serial, k processes, or a map object); it never changes the numbers. ``threshold``: relative error closing the
     validity windows. ``use_cache``: reuse/store simulations and theories in ``out/cache`` (:class:`ResultCache`).
@@ -257,31 +331,39 @@ def reproduce(out: str | Path, quick: bool = False, config=None, *, sizes: Mappi
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     cache = ResultCache(out / "cache", enabled=use_cache)
-    log = _Stages(8, progress)
+    log = _Stages(9, progress)
     log.say(f"config: {source}; {net.phi.name}, P = {net.P}, depth L = {net.depth}, T = {net.T:g}; "
             f"widths {list(plan.widths)}, samples {list(plan.samples)}, pool {describe(pool)}; output {out}")
     mode = "quick" if quick else "full"
     record = {"format": _FORMAT, "mode": mode, "config": net.to_dict(), "config_source": source, "seed": seed,
               "pool": describe(pool), "method": METHOD, "plan": asdict(plan)}
     done = {"batches": {n: 0 for n in plan.widths}, "samples": {n: 0 for n in plan.widths}}
+    one, skipped = _one_input(net, plan)
+    done_next = None if one is None else {"batches": {n: 0 for n in plan.next_widths},
+                                          "samples": {n: 0 for n in plan.next_widths}}
     try:
         theory = _theories(net, cache, log, opts)
         with log("ensembles (exact conditional sampler)"):
             batches, ensembles, n_cached = {}, {}, 0
             for n, N in zip(plan.widths, plan.samples):
-                batches[n], hit = _simulate_width(net, n, N, plan.batches, seed, pool, cache, log, progress, done)
+                batches[n], hit = _simulate_width(net, n, N, _ensemble.batch_seeds(seed, plan.batches, width=n), pool,
+                                                  cache, log, progress, done)
                 ensembles[n] = combine_batches(batches[n])
                 n_cached += hit
         with log("width extrapolation"):
             k1x = extrapolate_K1(ensembles.values())
         with log("diagnostics"):
             diags = {n: _diagnose(net, batches[n], seed, threshold, cache) for n in plan.widths}
+        which = "the network" if net.P == 1 else "its first input alone"
+        with log(f"next order (one input: {which})" if one is not None else f"next order (skipped: {skipped})"):
+            nxt, next_cached = (None, 0) if one is None else _next_order(net, one, plan, seed, pool, opts, cache, log,
+                                                                         progress, done_next)
         with log("analysis"):
-            analysis = analyse(net, plan, theory, ensembles, k1x, diags, threshold)
+            analysis = analyse(net, plan, theory, ensembles, k1x, diags, threshold, nxt, skipped)
         with log("figures"):
             names = tuple(figures.make_figures(analysis, out / "figures"))
     except (KeyboardInterrupt, Interrupted):
-        raise _interrupted(out, log.current, record, plan, done, cache) from None
+        raise _interrupted(out, log.current, record, plan, done, done_next, cache) from None
     except Exception as err:
         msg = f"reproduce: stage '{log.current}' failed: {type(err).__name__}: {err}"
         _stopped(out, {**record, "failed": {"stage": log.current, "error": f"{type(err).__name__}: {err}"},
@@ -292,7 +374,8 @@ def reproduce(out: str | Path, quick: bool = False, config=None, *, sizes: Mappi
                    simulation_wall_s={n: e.meta["wall_s"] for n, e in ensembles.items()})
     run = Run(mode, dict(sizes or {}), net.to_dict(), source, seed, describe(pool), threshold, METHOD, opts,
               _versions(), {n: [b.meta["seed"] for b in batches[n]] for n in plan.widths},
-              {**_cache_record(out, cache), "simulations_run": sum(len(b) for b in batches.values()) - n_cached},
+              {**_cache_record(out, cache), "simulations_run": sum(len(b) for b in batches.values()) - n_cached
+               + (0 if nxt is None else len(plan.next_widths) * plan.batches - next_cached)},
               names, timings)
     results = Results(analysis, run)
     write_json(results.to_dict(), out / "results.json")

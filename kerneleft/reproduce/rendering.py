@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from ..branch import parse_branch
-from .analysis import Z_CRIT, Analysis, Results, depth_indices, pairs, residual_terms, v4_entries
+from .analysis import (NEXT_ORDER_PREDICTIONS, Z_CRIT, Analysis, NextOrderCheck, Results, depth_indices, pairs,
+                       residual_terms, v4_entries)
 
 __all__ = ["FIGURES", "findings_text", "render_report", "render_stopped", "format_number", "format_z",
            "pair_label", "v4_label", "describe_network"]
@@ -24,6 +25,7 @@ FIGURES = {
     "k1.png": "K1 over t: G-only, sigma, width-extrapolated simulation",
     "k1_source.png": "K1 source: closure vs exact at t = 0 and over t",
     "validity.png": "validity windows: relative error of each theory over t",
+    "next_order.png": "Var[G] and E[G] − K0 against n at t = T for one input: simulation, leading and next order",
 }
 _NAMES = {"gonly": "G-only", "gonly_continuous": "G-only ODE", "sigma": "sigma", "sigma_continuous": "sigma ODE"}
 
@@ -180,7 +182,41 @@ def findings_text(a: Analysis) -> list[str]:
             f"The continuous-depth (ODE) sigma theory differs from the depth-L network by O(ε): max |z| = "
             f"{_z(g.ode_V4_max_abs_z)} (V4), {_z(g.ode_K1_max_abs_z)} (K1)." if g.ode_V4_max_abs_z is not None else
             "An MLP has no continuous-depth (ODE) theory."))
+    if a.next_order is not None:
+        out.append(_next_order_finding(a.next_order))
     return out
+
+
+#: labels of the next-order predictions (:data:`NEXT_ORDER_PREDICTIONS`) for the variance and the mean
+_PRED = {"var": {"leading": "V4", "next": "V4 + V4_1/n", "gonly_next": "G-only V4 + V4_1/n"},
+         "mean": {"leading": "K1", "next": "K1 + K2/n", "gonly_next": "G-only K1 + K2/n"}}
+assert all(set(v) == set(NEXT_ORDER_PREDICTIONS) for v in _PRED.values())
+
+
+def _max_z(x: NextOrderCheck, q: str, p: str) -> float:
+    return float(np.max(np.abs(x.z[q][p])))
+
+
+def _next_order_finding(x: NextOrderCheck) -> str:
+    """Finding 5: the next order in 1/n of one input against the ensembles (docs/nextorder.md#validation)."""
+    zc = Z_CRIT
+    verdict = {p: _verdict(_max_z(x, "var", p) > zc) for p in NEXT_ORDER_PREDICTIONS}
+    who = "the network's one input" if x.config_P == 1 else "its first input alone"
+    n0 = x.widths[0]
+    sim, se = x.sim["var"][0], x.sim["var_se"][0]
+    at_n0 = ", ".join(f"{_PRED['var'][p]} {_f(v[0])} ({_pct((v[0] - sim) / sim)})"
+                      for p, v in x.predictions["var"].items())
+    mean = ", ".join(f"{_PRED['mean'][p]} {_z(_max_z(x, 'mean', p))}" for p in NEXT_ORDER_PREDICTIONS)
+    fv, fm = x.fitted["var"], x.fitted["mean"]
+    s, g = x.coefficients("sigma"), x.coefficients("gonly")
+    return (f"**5. Next order in 1/n ({who}, t = T): n Var[G] is {verdict['next']} with the sigma next order "
+            f"V4 + V4_1/n at every width (max |z| = {_z(_max_z(x, 'var', 'next'))}); the leading order V4 is "
+            f"{verdict['leading']} (max |z| = {_z(_max_z(x, 'var', 'leading'))}), the G-only next order "
+            f"{verdict['gonly_next']} (max |z| = {_z(_max_z(x, 'var', 'gonly_next'))}).** At n = {n0}: simulated "
+            f"{_pm(sim, se)}; {at_n0}. For n(E[G] − K0) (control-variate estimator) max |z| over the widths "
+            f"{list(x.widths)}: {mean}. Width fits (docs/estimators.md#next-order-fits): V4_1 = {_pm(fv.b, fv.b_se)} "
+            f"(sigma {_f(s['V4_1'])}, G-only {_f(g['V4_1'])}), K2 = {_pm(fm.b, fm.b_se)} (sigma {_f(s['K2'])}, "
+            f"G-only {_f(g['K2'])}).")
 
 
 def render_report(results: Results) -> str:
@@ -202,7 +238,7 @@ def render_report(results: Results) -> str:
     for para in findings_text(a):
         lines += [para, ""]
     lines += _k0_table(a) + _v4_table(a) + _k1_table(a) + _width_table(a) + _source_table(a)
-    lines += _residual_table(a) + _validity_table(a)
+    lines += _residual_table(a) + _validity_table(a) + _next_order_section(a)
     lines += ["## Figures", ""]
     for name in run.figures:
         lines += [f"![{FIGURES[name]}](figures/{name})", "", f"*{name}: {FIGURES[name]}.*", ""]
@@ -295,6 +331,48 @@ def _validity_table(a: Analysis) -> list[str]:
     return (["### Validity windows (docs/failure.md#validity-window: first t where some entry errs by more than "
              "the threshold × max|sim(t)| + 2 SE; references at n → ∞: V4_cv and extrapolated K1)", ""]
             + _table(["theory", "quantity"] + [f"{100 * thr:g} %" for thr in v.thresholds], rows))
+
+
+def _next_order_section(a: Analysis) -> list[str]:
+    """The next-order check (docs/nextorder.md#validation): per width at t = T, and the width fits."""
+    title = "### Next order in 1/n: Var[G] and E[G] − K0 against n (one input, t = T)"
+    x = a.next_order
+    if x is None:
+        return [title, "", f"Skipped: {a.next_order_skipped}.", ""]
+    if x.config_P == 1:
+        who = "The network has one input."
+    else:
+        who = (f"The config has {x.config_P} inputs; this check uses the first input alone, the one-input network "
+               f"with K_in = [[{_f(x.config['K_in'][0][0], 6)}]] (G_11 of the {x.config_P}-input network has its law).")
+    info = x.sigma.meta["next_order"]
+    plan = a.plan
+    intro = (f"{who} Exact ensembles ({plan.batches} seeded batches per width, independent of those above) at widths "
+             f"{list(x.widths)} with {list(plan.next_samples)} networks: n Var[G] = n Cov[G_11, G_11] and "
+             f"n(E[G] − K0) by the control-variate drift estimator (docs/estimators.md#control-variate), each ± SE. "
+             f"Predictions (depth L): the leading order V4, K1 and the next order V4 + V4_1/n, K1 + K2/n of the sigma "
+             f"theory (order 2, next-order error estimate {_f(info['error_estimate'], 2)}, tol2 "
+             f"{_f(info['tol2'], 2)}), and the G-only next order for contrast; cells give the prediction and "
+             f"z = (simulation − prediction)/SE.")
+    rows = []
+    for i, n in enumerate(x.widths):
+        row = [str(n), str(x.ensembles[n].meta["samples"])]
+        for q in ("var", "mean"):
+            row.append(_pm(x.sim[q][i], x.sim[f"{q}_se"][i]))
+            row += [f"{_f(x.predictions[q][p][i])} ({_z(x.z[q][p][i])})" for p in NEXT_ORDER_PREDICTIONS]
+        rows.append(row)
+    header = ["n", "networks", "n Var[G] sim", *_PRED["var"].values(), "n(E[G] − K0) sim", *_PRED["mean"].values()]
+    fits = []
+    for q, (lead, nxt), what in (("var", ("V4", "V4_1"), "n Var[G] = V4 + V4_1/n"),
+                                 ("mean", ("K1", "K2"), "n(E[G] − K0) = K1 + K2/n")):
+        f = x.fitted[q]
+        vs = "; ".join(f"{_NAMES[name]} {nxt} = {_f(x.coefficients(name)[nxt])} (z = {_z(c[q]['z_b'])}, joint χ² of "
+                       f"({lead}, {nxt}) = {_f(c[q]['chi2_joint'], 3)} for 2 dof)" for name, c in x.vs_theory.items())
+        fits.append(f"{what}: {lead} = {_pm(f.a, f.a_se)}, {nxt} = {_pm(f.b, f.b_se)} (correlation {_f(f.corr, 2)}, "
+                    f"χ² = {_f(f.chi2, 3)} for {f.dof} dof); {vs}. With a 1/n² term c/n²: {nxt} = "
+                    f"{_pm(f.b_higher, f.b_higher_se)}, c = {_pm(f.c, f.c_se)} (χ² = {_f(f.chi2_higher, 3)} for "
+                    f"{f.dof - 1} dof).")
+    return ([title, "", intro, ""] + _table(header, rows)
+            + ["Width fits at t = T (docs/estimators.md#next-order-fits): " + " ".join(fits), ""])
 
 
 def describe_network(cfg: dict) -> str:

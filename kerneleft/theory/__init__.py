@@ -18,19 +18,27 @@ grids are whitened to resolve the thin direction of a nearly singular block, mea
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from .. import limits
 from ..config import Network
 from ..errors import InputError
 from ..kernel import check_depth_model
-from ..result import KernelResult
+from ..result import KernelResult, require_finite
+from ..validate import check_int
 from .gonly import GOnlyOptions, solve_gonly
+from .nextorder import ORDER2_TOL, check_supported, gonly_next_order, sigma_next_order
 from .sigma import SigmaOptions, solve_sigma
 
-__all__ = ["solve", "Closure", "CLOSURES", "make_options", "distinct_inputs", "merge_rtol", "representatives", "expand"]
+__all__ = ["solve", "Closure", "CLOSURES", "make_options", "distinct_inputs", "merge_rtol", "representatives", "expand",
+           "finite_width", "ORDERS", "ORDER2_TOL"]
+
+ORDERS = (1, 2)
+"""Orders in 1/n: 1 (K1, V4) and 2 (adds K2, V4_1; docs/nextorder.md)."""
 
 EXACT_RTOL = 1e-12          # rounding-level ties: merged by every solver
 
@@ -105,16 +113,36 @@ def expand(arr: np.ndarray, rep: np.ndarray) -> np.ndarray:
     return arr[(slice(None),) + np.ix_(*[rep] * (arr.ndim - 1))]
 
 
-def _solve_distinct(net: Network, closure: str, depth_model: str, opts, pool=None) -> KernelResult:
+def _solve_distinct(net: Network, closure: str, depth_model: str, opts, pool=None, order: int = 1,
+                    tol2: float = ORDER2_TOL) -> KernelResult:
     if closure == "sigma" and np.linalg.eigvalsh(net.K_in)[0] <= 1e-12 * np.trace(net.K_in):
         raise InputError("K_in: the sigma theory needs linearly independent inputs (identical inputs are merged "
                          "automatically; other singular input kernels are not supported)")
+    if order == 2:
+        check_supported(net)
     extra = {"pool": pool} if CLOSURES[closure].parallel else {}
-    return CLOSURES[closure].solve(net, depth_model=depth_model, **dataclasses.asdict(opts), **extra)
+    res = CLOSURES[closure].solve(net, depth_model=depth_model, **dataclasses.asdict(opts), **extra)
+    if order == 1:
+        return res
+    t0 = time.perf_counter()
+    out, info = (sigma_next_order(net, depth_model, tol2) if closure == "sigma" else
+                 gonly_next_order(net, depth_model))
+    arrays = dict(res.arrays, K2=out["K2"].reshape(-1, 1, 1), V4_1=out["V4_1"].reshape(-1, 1, 1, 1, 1))
+    info = dict(info, seconds=time.perf_counter() - t0, **({"tol2": tol2} if closure == "sigma" else {}))
+    return require_finite(KernelResult(res.t, arrays, res.se, dict(res.meta, order=2, next_order=info)))
 
 
-def solve(net: Network, closure: str, depth_model: str = "continuous", options=None, pool=None,
-          **opts) -> KernelResult:
+def finite_width(res: KernelResult, width: int) -> KernelResult:
+    """``res`` with the finite-width predictions of INTERFACE "Next order in 1/n": ``G_mean_pred`` = K0 + K1/N
+    (+ K2/N²) and ``V4_pred`` = V4 (+ V4_1/N) at N = ``width`` (meta ``width``); docs/nextorder.md#predictions."""
+    N = check_int("width", width, 1)
+    G = res["K0"] + res["K1"] / N + (res["K2"] / N ** 2 if "K2" in res else 0.0)
+    V = res["V4"] + (res["V4_1"] / N if "V4_1" in res else 0.0)
+    return KernelResult(res.t, dict(res.arrays, G_mean_pred=G, V4_pred=V), res.se, dict(res.meta, width=N))
+
+
+def solve(net: Network, closure: str, depth_model: str = "continuous", options=None, pool=None, order: int = 1,
+          tol2: float = ORDER2_TOL, **opts) -> KernelResult:
     """Solve the theory named by ``closure`` (a key of :data:`CLOSURES`: "g-only" or "sigma").
 
     ``depth_model``: "continuous" or "discrete" (checked here, for every closure). ``options``: the closure's
@@ -123,18 +151,24 @@ def solve(net: Network, closure: str, depth_model: str = "continuous", options=N
     (module docstring); meta then has ``merged_inputs`` (rep[a] for every input) and ``merge_rtol`` (τ).
     ``pool``: where a parallel closure (sigma: its plane grids) runs, :func:`kerneleft.maps.as_map`; the numbers do
     not depend on it. InputError for a closure that runs serially (g-only) given a pool other than None or 1.
+    ``order``: 1, or 2 to add K2 (L+1,P,P) and V4_1 (L+1,P,P,P,P) (docs/nextorder.md; one input of the default
+    resnet block), the sigma ones refined until they change by < ``tol2`` relative (meta ``next_order``).
     """
     if not isinstance(net, Network):
         raise InputError(f"net: must be a kerneleft Network, got {type(net).__name__}")
     if not _closure(closure).parallel and pool not in (None, 1):
         raise InputError(f"pool: the {closure} closure runs serially (only sigma takes a pool)")
     check_depth_model("depth_model", depth_model)
+    if order not in ORDERS:
+        raise InputError(f"order: must be one of 1, 2, got {order!r}")
+    tol2 = limits.check_tolerance("tol2", tol2, 1e-8, 0.5)
     opts = make_options(closure, options, **opts)
     tau = merge_rtol(closure, opts)
     rep, first = representatives(net.K_in, tau)
     if first.size == net.P:
-        return _solve_distinct(net, closure, depth_model, opts, pool)
-    res = _solve_distinct(net.replace(K_in=net.K_in[np.ix_(first, first)]), closure, depth_model, opts, pool)
+        return _solve_distinct(net, closure, depth_model, opts, pool, order, tol2)
+    res = _solve_distinct(net.replace(K_in=net.K_in[np.ix_(first, first)]), closure, depth_model, opts, pool, order,
+                          tol2)
     arrays = {k: expand(v, rep) for k, v in res.arrays.items()}
     meta = dict(res.meta, config=net.to_dict(), merged_inputs=rep.tolist(), merge_rtol=tau)
     return KernelResult(res.t, arrays, {k: expand(v, rep) for k, v in res.se.items()}, meta)
