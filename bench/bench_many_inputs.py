@@ -7,26 +7,20 @@
 Inputs: P linearly independent unit-scale inputs with pairwise correlations 0.3–0.8; the time of each solve, its
 refinement history (grid, source nodes, change) and the self-reported error; its CPU time (this process and its
 workers: independent of other load on the machine); the peak resident memory of this process and of the largest
-worker so far (ru_maxrss); then a least-squares fit time ∝ P^k per depth model (wall and CPU). One
-BLAS thread per process (set here before numpy loads): the planes are the parallelism, and threaded BLAS calls
-in concurrent workers oversubscribe the cores (3x slower measured on 2 cores).
+worker so far (ru_maxrss); then a least-squares fit time ∝ P^k per depth model (wall and CPU). The workers
+share the CPUs as BLAS threads (kerneleft.maps.blas_threads), as in any solve with ``pool``.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import resource
+import time
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from kerneleft.config import Network  # noqa: E402
-from kerneleft.theory import solve  # noqa: E402
+from kerneleft.config import Network
+from kerneleft.theory import solve
 
 
 def inputs(P: int) -> np.ndarray:

@@ -7,7 +7,8 @@ A map is any callable ``m(fn, tasks) -> iterator of fn(task), in order``: :class
 :func:`as_map` turns the ``pool`` argument into one. The numbers never depend on the map: tasks are seeded by their
 index, not by where they run (docs/numerics.md#interrupts for Ctrl-C).
 
-Worker processes never outlive the process that started them (:func:`_worker_init`).
+Worker processes never outlive the process that started them, and share the CPUs rather than each starting a
+BLAS thread per core (:func:`_worker_init`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import time
 import traceback
 from multiprocessing import connection as _mp_connection
 from typing import Callable
+
+from threadpoolctl import threadpool_limits
 
 from .errors import InputError
 from .validate import check_workers
@@ -63,21 +66,30 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _worker_init(parent: int) -> None:
+def blas_threads(workers: int) -> int:
+    """BLAS/OpenMP threads per worker when ``workers`` processes share this process's CPUs: at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // workers)
+
+
+def _worker_init(parent: int, threads: int) -> None:
     """Worker start-up: ignore SIGINT (a terminal's Ctrl-C goes to the whole process group; the parent decides
-    when to stop and kills its workers) and die with the parent ``parent`` — PR_SET_PDEATHSIG(SIGKILL), else a
-    watchdog thread polling os.getppid()."""
+    when to stop and kills its workers); die with the parent ``parent`` — PR_SET_PDEATHSIG(SIGKILL), else a
+    watchdog thread polling os.getppid(); use at most ``threads`` BLAS/OpenMP threads (threadpoolctl), so that
+    concurrent workers do not oversubscribe the cores (as Dask's nanny does for its workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threadpool_limits(threads)
     if not set_pdeathsig():
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="kerneleft-watch-parent").start()
     if os.getppid() != parent:     # the parent died before the worker was armed
         os._exit(1)
 
 
-def _worker_main(conn, parent: int) -> None:
-    """A :class:`ProcessMap` worker: for each ``(fn, task)`` received on ``conn`` send back ``(True, fn(task))``
-    or ``(False, (exception, traceback text))``; ``None`` or a closed pipe ends it."""
-    _worker_init(parent)
+def _worker_main(conn, parent: int, threads: int) -> None:
+    """A :class:`ProcessMap` worker (``threads``: its BLAS threads, :func:`_worker_init`): for each ``(fn, task)``
+    received on ``conn`` send back ``(True, fn(task))`` or ``(False, (exception, traceback text))``; ``None`` or a
+    closed pipe ends it."""
+    _worker_init(parent, threads)
     try:
         while (msg := conn.recv()) is not None:
             fn, task = msg
@@ -99,8 +111,8 @@ class ProcessMap:
 
     Each worker has its own pipe, so a worker can be killed at any moment without disturbing the others or the
     parent. Workers ignore SIGINT (Ctrl-C reaches only the main process) and die with their parent
-    (:func:`_worker_init`); a worker ended by SIGTERM (sent to the whole process group, as batch systems do)
-    counts as Ctrl-C. On Ctrl-C the finished results at the head of the order are still yielded before
+    (:func:`_worker_init`), each with its share of the CPUs as BLAS threads; a worker ended by SIGTERM (sent to the
+    whole process group, as batch systems do) counts as Ctrl-C. On Ctrl-C the finished results at the head of the order are still yielded before
     KeyboardInterrupt propagates; on any early exit (Ctrl-C, an error, the consumer closing the iterator) the
     workers are killed at once, not waited for.
     """
@@ -117,8 +129,8 @@ class ProcessMap:
         try:
             for _ in range(self.workers):
                 ours, theirs = _MP.Pipe()
-                proc = _MP.Process(target=_worker_main, args=(theirs, os.getpid()), daemon=True,
-                                   name="kerneleft-worker")
+                proc = _MP.Process(target=_worker_main, args=(theirs, os.getpid(), blas_threads(self.workers)),
+                                   daemon=True, name="kerneleft-worker")
                 proc.start()
                 theirs.close()
                 workers.append((proc, ours))

@@ -29,3 +29,16 @@ def test_pool_recorded_and_numbers_independent_of_it():
     assert serial.meta["pool"] == "serial" and serial.meta["workers"] == 1
     assert two.meta["pool"] == "processes(2)" and two.meta["workers"] == 2
     assert all(np.array_equal(serial.arrays[k], two.arrays[k]) for k in serial.arrays)
+
+
+def _blas_threads(_):
+    from threadpoolctl import threadpool_info
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_workers_share_the_cpus_as_blas_threads():
+    # each of k workers uses at most cpus // k BLAS threads (no oversubscription when the workers run concurrently)
+    from kerneleft.maps import blas_threads
+    assert blas_threads(1) >= blas_threads(2) >= 1 and blas_threads(10 ** 6) == 1
+    per_worker = list(ProcessMap(2)(_blas_threads, range(4)))
+    assert all(t and max(t) <= blas_threads(2) for t in per_worker)
