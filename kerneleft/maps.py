@@ -72,21 +72,22 @@ def blas_threads(workers: int) -> int:
     return max(1, cpus // workers)
 
 
-def _worker_init(parent: int, threads: int) -> None:
+def _worker_init(parent: int, threads: int | None) -> None:
     """Worker start-up: ignore SIGINT (a terminal's Ctrl-C goes to the whole process group; the parent decides
     when to stop and kills its workers); die with the parent ``parent`` — PR_SET_PDEATHSIG(SIGKILL), else a
-    watchdog thread polling os.getppid(); use at most ``threads`` BLAS/OpenMP threads (threadpoolctl), so that
-    concurrent workers do not oversubscribe the cores (as Dask's nanny does for its workers)."""
+    watchdog thread polling os.getppid(); a spawned worker limits its BLAS threads to ``threads`` (a forked one
+    inherits the limit, :meth:`ProcessMap._start`: no library calls in a child forked from a threaded parent)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threadpool_limits(threads)
+    if threads is not None:
+        threadpool_limits(threads)
     if not set_pdeathsig():
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="kerneleft-watch-parent").start()
     if os.getppid() != parent:     # the parent died before the worker was armed
         os._exit(1)
 
 
-def _worker_main(conn, parent: int, threads: int) -> None:
-    """A :class:`ProcessMap` worker (``threads``: its BLAS threads, :func:`_worker_init`): for each ``(fn, task)``
+def _worker_main(conn, parent: int, threads: int | None) -> None:
+    """A :class:`ProcessMap` worker (``threads``: :func:`_worker_init`): for each ``(fn, task)``
     received on ``conn`` send back ``(True, fn(task))`` or ``(False, (exception, traceback text))``; ``None`` or a
     closed pipe ends it."""
     _worker_init(parent, threads)
@@ -123,17 +124,26 @@ class ProcessMap:
     def __repr__(self) -> str:
         return f"processes({self.workers})"
 
+    def _start(self, workers: list) -> None:
+        """Start the worker processes, appending ``(process, connection)`` to ``workers``. Each runs its BLAS with
+        :func:`blas_threads` threads, so that concurrent workers do not oversubscribe the cores (as Dask's nanny
+        does for its workers): a forked worker inherits the limit set here around the fork, a spawned one sets it
+        itself (threadpoolctl)."""
+        threads = blas_threads(self.workers)
+        with threadpool_limits(threads):
+            for _ in range(self.workers):
+                ours, theirs = _MP.Pipe()
+                proc = _MP.Process(target=_worker_main, daemon=True, name="kerneleft-worker",
+                                   args=(theirs, os.getpid(), threads if _MP.get_start_method() == "spawn" else None))
+                proc.start()
+                theirs.close()
+                workers.append((proc, ours))
+
     def __call__(self, fn, tasks):
         tasks = enumerate(tasks)
         workers, finished = [], False
         try:
-            for _ in range(self.workers):
-                ours, theirs = _MP.Pipe()
-                proc = _MP.Process(target=_worker_main, args=(theirs, os.getpid(), blas_threads(self.workers)),
-                                   daemon=True, name="kerneleft-worker")
-                proc.start()
-                theirs.close()
-                workers.append((proc, ours))
+            self._start(workers)
             idle = list(workers)
             busy, done = {}, {}          # connection -> (process, task index); task index -> result not yet yielded
             nxt = submitted = 0

@@ -12,13 +12,20 @@ by :func:`_chain_step`. Refinement and its error estimate: :func:`sigma_next_ord
 from __future__ import annotations
 
 import math
+import time
 from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+from scipy import integrate, special
 
+from .. import limits
+from ..branch import is_default
 from ..config import Network
-from ..kernel import K0_continuous
+from ..errors import ConvergenceError, InputError
+from ..gaussian import diag_moments
+from ..kernel import K0_continuous, K0_discrete, solve_ode
+from ._clusters import moment_terms
 from ._sigma_march import layer_node, march
 
 __all__ = ["OBSERVABLES", "ORDER2_TOL", "cluster_march", "cluster_layers", "gonly_continuous", "gonly_discrete",
@@ -156,26 +163,33 @@ def cluster_march(net: Network, n: int, stride: int, box: float = 8.0) -> dict:
     gr = make_grid(n, box * np.sqrt(K[0]))
     R = {k: np.zeros((n,) * d) for k, d in zip(_NAMES, _DIMS)}
     out = [_observables(R, K[0], gr.x, net.phi(gr.x) ** 2)]
-    for l in range(net.depth):
-        new = make_grid(n, box * np.sqrt(K[layer_node("rk4", stride, l + 1)]))
-        T = resample_matrix(gr, new)
-        gr, base = new, layer_node("rk4", stride, l)
-        p = net.phi(gr.x) ** 2
-        k2 = np.concatenate([gr.k2[d].ravel() for d in _DIMS])
+    with _layer_budget(net, n) as budget:
+        for l in range(net.depth):
+            new = make_grid(n, box * np.sqrt(K[layer_node("rk4", stride, l + 1)]))
+            T = resample_matrix(gr, new)
+            gr, base = new, layer_node("rk4", stride, l)
+            p = net.phi(gr.x) ** 2
+            k2 = np.concatenate([gr.k2[d].ravel() for d in _DIMS])
 
-        def decay(i, j, k2=k2, base=base):
-            return np.exp(-0.5 * (K[base + j] - K[base + i]) * k2)
+            def decay(i, j, k2=k2, base=base):
+                return np.exp(-0.5 * (K[base + j] - K[base + i]) * k2)
 
-        def f(_n, _s, i, u, gr=gr, p=p, base=base):
-            src = _sources(gr, p, K[base + i], C_W, _unpack(lay, u))
-            return np.concatenate([np.fft.rfftn(src[k]).ravel() for k in _NAMES]), ()
+            def f(_n, _s, i, u, gr=gr, p=p, base=base):
+                src = _sources(gr, p, K[base + i], C_W, _unpack(lay, u))
+                return np.concatenate([np.fft.rfftn(src[k]).ravel() for k in _NAMES]), ()
 
-        u = np.concatenate([np.fft.rfftn(_resample(R[k], T)).ravel() for k in _NAMES])
-        _, (last,) = march(f, decay, u, stride, h, stride, "rk4", lambda _l, v: (v,))
-        R = {k: np.fft.irfftn(v, s=(n,) * v.ndim, axes=tuple(range(v.ndim)))
-             for k, v in _unpack(lay, last[-1]).items()}
-        out.append(_observables(R, K[layer_node("rk4", stride, l + 1)], gr.x, p))
+            u = np.concatenate([np.fft.rfftn(_resample(R[k], T)).ravel() for k in _NAMES])
+            _, (last,) = march(f, decay, u, stride, h, stride, "rk4", lambda _l, v: (v,))
+            R = {k: np.fft.irfftn(v, s=(n,) * v.ndim, axes=tuple(range(v.ndim)))
+                 for k, v in _unpack(lay, last[-1]).items()}
+            out.append(_observables(R, K[layer_node("rk4", stride, l + 1)], gr.x, p))
+            budget.step(l + 1)
     return dict(zip(OBSERVABLES, np.array(out).T))
+
+
+def _layer_budget(net: Network, n: int) -> limits.Budget:
+    """Progress bar (past 30 s) and time limit of one refinement level's march over the layers."""
+    return limits.Budget("depth", net.depth, f"next-order cluster densities (grid {n}) over {net.depth} layers")
 
 
 OBSERVABLES = ("K1", "V4", "K2", "V4_1", "T3", "Sigma_2")
@@ -200,7 +214,6 @@ def _observables(R: dict, K0: float, x: np.ndarray, p: np.ndarray) -> np.ndarray
 def _sbar_jet(net: Network, K: np.ndarray) -> np.ndarray:
     """(S̄, S̄', S̄'', S̄''') at the variances K (...,) of one input: S̄^(j) = C_W E[(φ²)^(2j)]/2^j (+ C_b for j = 0),
     by Price's theorem (docs/gonly.md#coefficients) -> (4, ...)."""
-    from ..gaussian import diag_moments
     D = diag_moments(net.phi, np.asarray(K, dtype=float), 6)
     jet = np.stack([net.C_W * D[..., 2 * j] / 2 ** j for j in range(4)])
     jet[0] += net.C_b
@@ -211,7 +224,6 @@ def gonly_continuous(net: Network, rtol: float = 1e-10, atol: float = 1e-12) -> 
     """G-only EFT to the next order, one input, continuous depth (docs/nextorder.md#gonly): the moment equations of
     dG = S̄(G) dt + n^{-1/2}(4 G S̄(G))^{1/2} dB through O(1/n²). Returns K0, K1, V4, K2, V4_1, T3 (each (L+1,))
     with T3 = n² κ3[G]."""
-    from ..kernel import solve_ode
 
     def rhs(_t, y):
         K0, K1, V4, K2, V41, T3 = y
@@ -252,7 +264,6 @@ def gonly_discrete(net: Network) -> dict:
 @lru_cache(maxsize=None)
 def _merged_terms(r: int) -> list:
     """:func:`._clusters.moment_terms` with identical terms merged: [(coef, order, k, blocks)]."""
-    from ._clusters import moment_terms
     acc: dict = {}
     for t in moment_terms(r):
         key = (t.order, t.k, tuple(sorted(t.blocks)))
@@ -378,18 +389,19 @@ def cluster_layers(net: Network, n: int, box: float = 8.0) -> dict:
     """:data:`OBSERVABLES` (each (L+1,)) of the one-input depth-L resnet by the exact block map of the cluster
     densities (docs/nextorder.md#discrete) on an ``n``-point grid; block l → l+1 runs on a grid of half-width
     ``box``·sqrt(K0^{l+1}), the densities resampled onto it."""
-    from ..kernel import K0_discrete
     K = K0_discrete(net)[:, 0, 0]
     gr = make_grid(n, box * np.sqrt(K[0]))
     dens = {k: np.zeros((n,) * d) for k, d in zip(_NAMES, _DIMS)}
     out = np.zeros((len(OBSERVABLES), net.depth + 1))
     out[:, 0] = _observables(dens, K[0], gr.x, net.phi(gr.x) ** 2)
-    for l in range(net.depth):
-        new = make_grid(n, box * np.sqrt(K[l + 1]))
-        T = resample_matrix(gr, new)
-        gr = new
-        dens = _block_map(gr, net, K[l], {k: _resample(v, T) for k, v in dens.items()})
-        out[:, l + 1] = _observables(dens, K[l + 1], gr.x, net.phi(gr.x) ** 2)
+    with _layer_budget(net, n) as budget:
+        for l in range(net.depth):
+            new = make_grid(n, box * np.sqrt(K[l + 1]))
+            T = resample_matrix(gr, new)
+            gr = new
+            dens = _block_map(gr, net, K[l], {k: _resample(v, T) for k, v in dens.items()})
+            out[:, l + 1] = _observables(dens, K[l + 1], gr.x, net.phi(gr.x) ** 2)
+            budget.step(l + 1)
     return dict(zip(OBSERVABLES, out))
 
 
@@ -397,7 +409,6 @@ def cluster_layers(net: Network, n: int, box: float = 8.0) -> dict:
 def _hermite_moment(phi, power: int, X: float, j: int) -> float:
     """E[(φ^power)^(j)(z)], z ~ N(0, X), by Gaussian integration by parts onto He_j (no derivative of φ):
     X^{−j/2} E[φ(√X u)^power He_j(u)], adaptive quadrature on both half-lines (a kink at 0 is allowed)."""
-    from scipy import integrate, special
     s = np.sqrt(X)
     he = special.hermitenorm(j)
 
@@ -417,7 +428,6 @@ def _chain_coefficients(net: Network, X: float, closure: str) -> tuple:
     f, f1, f2, f3 = _sbar_jet(net, np.array(X))
     if closure == "g-only":
         return f, f1, f2 / 2, f3 / 6, 2 * f ** 2, 4 * f * f1, 4 * (f1 ** 2 + f * f2), 8 * f ** 3
-    from ..gaussian import diag_moments
     F, _, F1, _, F2 = diag_moments(net.phi, np.array(X), 4) / np.array([1, 1, 2, 1, 4])
     E4, E44, E42 = (_hermite_moment(net.phi, 4, X, j) for j in (0, 4, 2))
     Q = E4 - F ** 2
@@ -475,8 +485,6 @@ _MAX_LEVELS = 4
 def check_supported(net: Network) -> None:
     """InputError unless the next order is implemented for ``net``: one input of the default resnet block or of
     the default MLP (docs/nextorder.md#scope)."""
-    from ..branch import is_default
-    from ..errors import InputError
     if not is_default(net.branch):
         raise InputError("order: 2 is implemented for the default resnet block and the default MLP only, got a "
                          "branch (docs/nextorder.md#scope)")
@@ -505,14 +513,10 @@ def sigma_next_order(net: Network, depth_model: str, tol: float = ORDER2_TOL, ma
     ConvergenceError (with the achieved change) after ``max_levels`` levels or when the next level is predicted
     to pass :data:`kerneleft.limits.MAX_SECONDS`.
     """
-    import time
-    from .. import limits
-    from ..errors import ConvergenceError
     check_supported(net)
     if not net.residual:
         return mlp_next_order(net, "sigma"), {"error_estimate": 1e-12, "representation": "recursion"}
     s0 = -(-32 // net.depth)
-    from ..kernel import K0_discrete
     K0max = float(np.max(K0_discrete(net) if depth_model == "discrete" else K0_continuous(net)))
     t0, history, old, err = time.perf_counter(), [], None, None
     for lev in range(max_levels):
@@ -555,7 +559,6 @@ def source_closure(net: Network, depth_model: str, tol: float = ORDER2_TOL) -> d
     sigma theory and of the G-only chain. The G-only closure is exact for linear φ (tested)."""
     check_supported(net)
     if not net.residual:
-        from ..errors import InputError
         raise InputError("order: the source diagnostics are for the resnet block (an MLP's chain is exact)")
     sig, _ = sigma_next_order(net, depth_model, tol)
     go = gonly_discrete(net) if depth_model == "discrete" else gonly_continuous(net)
