@@ -101,8 +101,10 @@ def _summary(res, names=("K0",)) -> str:
             or "the last refinement"
         lines.append(f"error estimate: {res.meta['error_estimate']:.2g} (relative change of V4, K1 from {ref})")
     if res.meta.get("closure") == "sigma" and "next_order" in res.meta:
-        lines.append(f"next order: error estimate {res.meta['next_order']['error_estimate']:.2g} (relative change "
-                     f"of K2, V4_1 at the last refinement)")
+        info = res.meta["next_order"]
+        how = ("an exact recursion, rounding only" if info.get("representation") == "recursion" else
+               "relative change of K2, V4_1 at the last refinement")
+        lines.append(f"next order: error estimate {info['error_estimate']:.2g} ({how})")
     return "\n".join(lines)
 
 

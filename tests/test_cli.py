@@ -186,6 +186,10 @@ SLOW = GOOD.replace("depth = 4", "depth = 3000").replace("K_in = [[1.0, 0.6], [0
                                                           "K_in = [[1.0, 0.6, 0.2], [0.6, 1.5, 0.1], [0.2, 0.1, 1.0]]")
 
 
+#: "at once" for a refusal before minutes of work: generous, so that a loaded machine (lazy imports) does not fail it
+_AT_ONCE_S = 5.0
+
+
 def _bad_paths(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
@@ -203,13 +207,14 @@ def _bad_paths(tmp_path):
     ["kernel", "--depth-model", "continuous"],
 ])
 def test_bad_json_fails_before_computing(tmp_path, capsys, command):
-    """A slow config (minutes of work) with an unusable --json: exit 2 in under a second, nothing computed."""
+    """A slow config (minutes of work) with an unusable --json: exit 2 at once (well under the minutes), nothing
+    computed."""
     slow = tmp_path / "slow.toml"
     slow.write_text(SLOW)
     for path, why in _bad_paths(tmp_path):
         t0 = time.perf_counter()
         rc = main([command[0], str(slow), *command[1:], "--json", path])
-        assert time.perf_counter() - t0 < 1.0
+        assert time.perf_counter() - t0 < _AT_ONCE_S
         line = one_error(capsys, rc)
         assert line.startswith("error: --json: ") and why in line, line
 
@@ -230,7 +235,7 @@ def test_bad_out_fails_before_computing(tmp_path, capsys, command):
                       (tmp_path / "out", "exists and is not a directory")]:
         t0 = time.perf_counter()
         rc = main([*argv, "--out", str(path)])
-        assert time.perf_counter() - t0 < 1.0
+        assert time.perf_counter() - t0 < _AT_ONCE_S
         line = one_error(capsys, rc)
         assert line.startswith("error: --out: ") and why in line, line
 
