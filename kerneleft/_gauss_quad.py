@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.polynomial.legendre import leggauss
 
-__all__ = ["Profile", "pair_moments", "diag_moments", "sinh_rule"]
+__all__ = ["Profile", "pair_moments", "diag_moments", "sinh_rule", "hermite_1d"]
 
 _EPS = np.finfo(float).eps
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -76,7 +76,7 @@ def _scale_eps(prof: Profile, coef):
     return np.minimum(prof.cap, np.divide(prof.delta, c, out=np.full(c.shape, np.inf), where=c > 0))
 
 
-def _hermite_1d(x, order):
+def hermite_1d(x, order):
     """He_q(x) / √q!, q = 0..order, on the last axis (stable normalised recurrence, preallocated)."""
     h = np.empty(x.shape + (order + 1,))
     h[..., 0] = 1.0
@@ -91,7 +91,7 @@ def _weighted_hermite(xi, xi_w, order):
     """(xi_w·He, |xi_w·He|) on nodes xi (..., n) -> (..., n, o+1) each; None at order 0 (not needed)."""
     if order == 0:
         return None
-    W = _hermite_1d(xi, order)
+    W = hermite_1d(xi, order)
     W *= xi_w[..., None]
     return W, np.abs(W)
 
@@ -196,7 +196,7 @@ def diag_moments(phi, derivs, k, order, prof):
         sq = w[..., None, :] * np.stack([sum(math.comb(p, l) * D[l] * D[p - l] for l in range(p + 1))
                                          for p in range(order + 1)], axis=-2)
         vals, absv = np.empty((2,) + k.shape + (order + 1, order + 1))
-    He = _hermite_1d(x, order)
+    He = hermite_1d(x, order)
     vals[..., : sq.shape[-2], :], absv[..., : sq.shape[-2], :] = sq @ He, np.abs(sq) @ np.abs(He)
     est, mass = _split_table(vals, absv, a, order)
     return est, _EPS * (n + 10) * mass

@@ -27,7 +27,7 @@ from ..pairs import pair_basis
 __all__ = ["Z_CRIT", "WINDOW_THRESHOLDS", "THEORY_NAMES", "Plan", "Theories", "Extrapolated", "Comparison",
            "Estimate", "K1Source", "ResidualSplit", "WidthError", "Validity", "K0Finding", "V4Finding",
            "K1SourceFinding", "K1Finding", "SigmaFinding", "Findings", "CoefficientFit", "NextOrderCheck",
-           "NEXT_ORDER_PREDICTIONS", "Analysis", "Run", "Results", "combine_batches", "extrapolate", "zscore",
+           "NEXT_ORDER_PREDICTIONS", "NEXT_ORDER_TERMS", "Analysis", "Run", "Results", "combine_batches", "extrapolate", "zscore",
            "compare", "k1_source_t0", "residual_split", "validity", "next_order_check", "analyse", "pairs",
            "v4_entries", "depth_indices", "exact_source_t0", "residual_terms"]
 
@@ -266,6 +266,9 @@ class SigmaFinding:
 
 #: the predictions of the next-order check, per width n (docs/nextorder.md#predictions): name -> (theory, order)
 NEXT_ORDER_PREDICTIONS = {"leading": ("sigma", 1), "next": ("sigma", 2), "gonly_next": ("gonly", 2)}
+#: the quantities of the next-order check and their (leading, next-order) coefficients: n Var[G] = V4 + V4_1/n,
+#: n(E[G] − K0) = K1 + K2/n
+NEXT_ORDER_TERMS = {"var": ("V4", "V4_1"), "mean": ("K1", "K2")}
 
 
 @dataclass(frozen=True)
@@ -559,18 +562,18 @@ def next_order_check(config: Mapping[str, Any], config_P: int, sigma: KernelResu
            "mean": np.array([ensembles[w]["K1_cv"][last2] for w in widths]),
            "mean_se": np.array([ensembles[w].se["K1_cv"][last2] for w in widths])}
     th = {"sigma": _final(sigma), "gonly": _final(gonly)}
-    terms = {"var": ("V4", "V4_1"), "mean": ("K1", "K2")}
 
     def predict(q: str, theory: str, order: int) -> np.ndarray:
-        lead, nxt = (th[theory][k] for k in terms[q])
+        lead, nxt = (th[theory][k] for k in NEXT_ORDER_TERMS[q])
         return lead + nxt / n if order == 2 else np.full(n.shape, lead)
 
-    predictions = {q: {p: predict(q, *spec) for p, spec in NEXT_ORDER_PREDICTIONS.items()} for q in ("var", "mean")}
+    predictions = {q: {p: predict(q, *spec) for p, spec in NEXT_ORDER_PREDICTIONS.items()} for q in NEXT_ORDER_TERMS}
     z = {q: {p: (sim[q] - v) / sim[f"{q}_se"] for p, v in predictions[q].items()} for q in predictions}
     fit = fit_next_order(ensembles[w] for w in widths)
     fitted = {"var": CoefficientFit.at(fit.V4, fit.V4_higher, last4),
               "mean": CoefficientFit.at(fit.K, fit.K_higher, last2)}
-    vs = {name: {q: fitted[q].against(*(c[k] for k in terms[q])) for q in terms} for name, c in th.items()}
+    vs = {name: {q: fitted[q].against(*(c[k] for k in ks)) for q, ks in NEXT_ORDER_TERMS.items()}
+          for name, c in th.items()}
     return NextOrderCheck(widths, dict(config), int(config_P), sigma, gonly, dict(ensembles), fit, sim, predictions,
                           z, fitted, vs)
 

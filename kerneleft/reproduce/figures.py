@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..diagnostics import TERMS
-from .analysis import Z_CRIT, Analysis, pairs, residual_terms, v4_entries
+from .analysis import NEXT_ORDER_TERMS, Z_CRIT, Analysis, pairs, residual_terms, v4_entries
 from .rendering import FIGURES, format_number, format_z, pair_label, v4_label
 
 __all__ = ["make_figures"]
@@ -303,8 +303,9 @@ def fig_next_order(r: Analysis, path: Path) -> str:
     who = "one input" if x.config_P == 1 else "first input alone"
     fig.suptitle(f"Next order in 1/n ({who}, K_in = {format_number(x.config['K_in'][0][0])}, t = T): "
                  f"simulation (bars ±2 SE) vs theory (depth L)")
-    cases = (("var", "V4", "V4_1", "Var[G]", "n Var[G]"), ("mean", "K1", "K2", "E[G] − K0", "n(E[G] − K0)"))
-    for j, (q, lead, nxt, label, scaled) in enumerate(cases):
+    labels = {"var": ("Var[G]", "n Var[G]"), "mean": ("E[G] − K0", "n(E[G] − K0)")}
+    for j, (q, (lead, nxt)) in enumerate(NEXT_ORDER_TERMS.items()):
+        label, scaled = labels[q]
         top, bottom = ax[j], ax[2 + j]
         y, se = x.sim[q], x.sim[f"{q}_se"]
         top.errorbar(n, y / n, 2 * se / n, fmt="o", color=C_SIM, capsize=3, ms=4, label="simulation")

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..branch import parse_branch
-from .analysis import (NEXT_ORDER_PREDICTIONS, Z_CRIT, Analysis, NextOrderCheck, Results, depth_indices, pairs,
+from .analysis import (NEXT_ORDER_PREDICTIONS, NEXT_ORDER_TERMS, Z_CRIT, Analysis, NextOrderCheck, Results, depth_indices, pairs,
                        residual_terms, v4_entries)
 
 __all__ = ["FIGURES", "findings_text", "render_report", "render_stopped", "format_number", "format_z",
@@ -187,10 +187,12 @@ def findings_text(a: Analysis) -> list[str]:
     return out
 
 
-#: labels of the next-order predictions (:data:`NEXT_ORDER_PREDICTIONS`) for the variance and the mean
-_PRED = {"var": {"leading": "V4", "next": "V4 + V4_1/n", "gonly_next": "G-only V4 + V4_1/n"},
-         "mean": {"leading": "K1", "next": "K1 + K2/n", "gonly_next": "G-only K1 + K2/n"}}
-assert all(set(v) == set(NEXT_ORDER_PREDICTIONS) for v in _PRED.values())
+#: the quantities of the next-order check (:data:`NEXT_ORDER_TERMS`) and labels of their predictions
+#: (:data:`NEXT_ORDER_PREDICTIONS`)
+_QUANTITY = {"var": "n Var[G]", "mean": "n(E[G] − K0)"}
+_PRED = {q: {"leading": lead, "next": f"{lead} + {nxt}/n", "gonly_next": f"G-only {lead} + {nxt}/n"}
+         for q, (lead, nxt) in NEXT_ORDER_TERMS.items()}
+assert set(_QUANTITY) == set(NEXT_ORDER_TERMS) and all(set(v) == set(NEXT_ORDER_PREDICTIONS) for v in _PRED.values())
 
 
 def _max_z(x: NextOrderCheck, q: str, p: str) -> float:
@@ -356,14 +358,14 @@ def _next_order_section(a: Analysis) -> list[str]:
     rows = []
     for i, n in enumerate(x.widths):
         row = [str(n), str(x.ensembles[n].meta["samples"])]
-        for q in ("var", "mean"):
+        for q in NEXT_ORDER_TERMS:
             row.append(_pm(x.sim[q][i], x.sim[f"{q}_se"][i]))
             row += [f"{_f(x.predictions[q][p][i])} ({_z(x.z[q][p][i])})" for p in NEXT_ORDER_PREDICTIONS]
         rows.append(row)
-    header = ["n", "networks", "n Var[G] sim", *_PRED["var"].values(), "n(E[G] − K0) sim", *_PRED["mean"].values()]
+    header = ["n", "networks"] + [h for q in NEXT_ORDER_TERMS for h in (f"{_QUANTITY[q]} sim", *_PRED[q].values())]
     fits = []
-    for q, (lead, nxt), what in (("var", ("V4", "V4_1"), "n Var[G] = V4 + V4_1/n"),
-                                 ("mean", ("K1", "K2"), "n(E[G] − K0) = K1 + K2/n")):
+    for q, (lead, nxt) in NEXT_ORDER_TERMS.items():
+        what = f"{_QUANTITY[q]} = {lead} + {nxt}/n"
         f = x.fitted[q]
         vs = "; ".join(f"{_NAMES[name]} {nxt} = {_f(x.coefficients(name)[nxt])} (z = {_z(c[q]['z_b'])}, joint χ² of "
                        f"({lead}, {nxt}) = {_f(c[q]['chi2_joint'], 3)} for 2 dof)" for name, c in x.vs_theory.items())

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._gauss_quad import hermite_1d
 from ..errors import InputError
 from ..pairs import pair_basis
 from ._sigma_march import layer_node, march
@@ -188,13 +189,7 @@ def _hermite_coefficients(act, m: np.ndarray, var: float, k: int) -> np.ndarray:
         return np.concatenate([act(m)[:, None], np.zeros((m.size, k - 1))], axis=1)
     s = np.sqrt(var)
     z, wz = _rule(act, s)
-    he = np.empty((z.size, k))                       # orthonormal He_n(z)/√n! by the three-term recurrence
-    he[:, 0] = 1.0
-    if k > 1:
-        he[:, 1] = z
-    for n in range(1, k - 1):
-        he[:, n + 1] = (z * he[:, n] - np.sqrt(n) * he[:, n - 1]) / np.sqrt(n + 1)
-    return act(m[:, None] + s * z) @ (wz[:, None] * he)
+    return act(m[:, None] + s * z) @ (wz[:, None] * hermite_1d(z, k - 1))
 
 
 def _outer(act, li: tuple) -> tuple | None:

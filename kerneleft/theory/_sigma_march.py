@@ -4,14 +4,39 @@
 - ``"rk4"`` (continuous depth): integrating-factor RK4, step h, nodes t_i = i h/2, stages at nodes 2n, 2n+1, 2n+1, 2n+2;
 - ``"euler"`` (discrete depth, the exact layer recursion): u_{l+1} = decay(l, l+1)(u_l + ε f(l, u_l)), nodes t_l.
 ``f(n, s, i, u) -> (du, out)``: step n, stage s, node i; ``out`` (a tuple of arrays) is recorded per stage.
+
+Also the refinement schedule shared by the grid solvers (the sigma plane grids and the next-order cluster grids,
+docs/sigma.md#convergence, docs/nextorder.md#convergence): :func:`default_substeps`, :func:`refinement_level`,
+:func:`next_level_seconds`.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..limits import Budget
 
-__all__ = ["march", "layer_node"]
+__all__ = ["march", "layer_node", "MIN_STEPS", "default_substeps", "refinement_level", "next_level_seconds"]
+
+MIN_STEPS = 32          # RK4 steps over [0, T] at the coarsest level
+
+
+def default_substeps(depth: int) -> int:
+    """RK4 steps per layer at the coarsest level: :data:`MIN_STEPS` over [0, T] at least."""
+    return -(-MIN_STEPS // depth)
+
+
+def refinement_level(n: int, s0: int, lev: int) -> tuple[int, int]:
+    """(grid, substeps) of refinement level ``lev`` from (n, s0) at level 0: both × 1.5 per level, the grid even."""
+    return 2 * int(round(n * 1.5 ** lev / 2)), int(math.ceil(s0 * 1.5 ** lev))
+
+
+def next_level_seconds(cumulative: list[float]) -> float:
+    """Time of the next refinement level from the cumulative times [0, t_1, ..., t_k] (k >= 2) of the last ones:
+    the last level's time times its growth over the one before (at least 1)."""
+    last, before = cumulative[-1] - cumulative[-2], cumulative[-2] - cumulative[-3]
+    return last * max(last / max(before, 1e-9), 1.0)
 
 
 def layer_node(scheme: str, stride: int, l: int) -> int:

@@ -26,7 +26,7 @@ from ..errors import ConvergenceError, InputError
 from ..gaussian import diag_moments
 from ..kernel import K0_continuous, K0_discrete, solve_ode
 from ._clusters import moment_terms
-from ._sigma_march import layer_node, march
+from ._sigma_march import default_substeps, layer_node, march, next_level_seconds, refinement_level
 
 __all__ = ["OBSERVABLES", "ORDER2_TOL", "cluster_march", "cluster_layers", "gonly_continuous", "gonly_discrete",
            "mlp_next_order", "sigma_next_order", "gonly_next_order", "check_supported", "source_closure"]
@@ -516,16 +516,14 @@ def sigma_next_order(net: Network, depth_model: str, tol: float = ORDER2_TOL, ma
     check_supported(net)
     if not net.residual:
         return mlp_next_order(net, "sigma"), {"error_estimate": 1e-12, "representation": "recursion"}
-    s0 = -(-32 // net.depth)
+    s0 = default_substeps(net.depth)
     K0max = float(np.max(K0_discrete(net) if depth_model == "discrete" else K0_continuous(net)))
     t0, history, old, err = time.perf_counter(), [], None, None
     for lev in range(max_levels):
-        n, stride = 2 * int(round(_N0 * 1.5 ** lev / 2)), int(np.ceil(s0 * 1.5 ** lev))
+        n, stride = refinement_level(_N0, s0, lev)
         limits.check_bytes("order", 8.0 * 12 * n ** 3, f"the next-order grids ({n}³ points)")
         if len(history) >= 2:
-            last = history[-1]["seconds"] - history[-2]["seconds"]
-            ahead = last * max(last / max(history[-2]["seconds"] - (history[-3]["seconds"] if len(history) > 2
-                                                                    else 0.0), 1e-9), 1.0)
+            ahead = next_level_seconds([0.0] + [h["seconds"] for h in history])
             if time.perf_counter() - t0 + ahead > limits.MAX_SECONDS:
                 raise ConvergenceError(f"order 2: not converged to tol {tol:g} (achieved {err:.2g}, grid "
                                        f"{history[-1]['grid']}); the next level would take ~{limits.duration(ahead)}"

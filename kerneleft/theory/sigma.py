@@ -61,7 +61,7 @@ from ..pairs import pair_basis
 from ..result import KernelResult, require_finite
 from ..tensors import circ
 from . import _sigma_grid, _sigma_hermite
-from ._sigma_march import layer_node, march
+from ._sigma_march import default_substeps, layer_node, march, next_level_seconds, refinement_level
 from ..validate import check_int
 from .. import limits
 from ..errors import ConvergenceError, InputError
@@ -70,7 +70,6 @@ from ..maps import as_map, describe
 __all__ = ["SigmaOptions", "solve_sigma", "TimeGrid", "time_grid", "Pairings", "grid_pairings", "hermite_pairings",
            "collective", "assemble"]
 
-_MIN_STEPS = 32          # RK4 steps over [0, T] at the coarsest level
 def _grid0(P: int) -> int:
     """Nodes per axis at refinement level 0: 96 on the line (P = 1), 48 on the planes, 40 for P >= 4 (where the
     C(P, 2) planes dominate the cost; 40 -> 60 reaches tol 1e-3 for tanh and gelu in two levels)."""
@@ -410,18 +409,6 @@ def _hermite(net: Network, depth_model: str, degree, s0: int, meta: dict) -> dic
     return fine
 
 
-def _level(n: int, s0: int, lev: int) -> tuple[int, int]:
-    """(grid, substeps) of refinement level ``lev``: both × 1.5 per level, the grid even."""
-    return 2 * int(round(n * 1.5 ** lev / 2)), int(math.ceil(s0 * 1.5 ** lev))
-
-
-def _next_level_seconds(cumulative: list[float]) -> float:
-    """Time of the next refinement level from the cumulative times [0, t_1, ..., t_k] (k >= 2) of the last ones:
-    the last level's time times its growth over the one before (at least 1)."""
-    last, before = cumulative[-1] - cumulative[-2], cumulative[-2] - cumulative[-3]
-    return last * max(last / max(before, 1e-9), 1.0)
-
-
 def _grid(net: Network, depth_model: str, n0: int, s0: int, first: int, levels: int, tol: float | None,
           t0: float, pool=None) -> tuple[dict, list, TimeGrid]:
     """Plane-grid runs at refinement levels first..first+levels−1, stopping early once the relative change of V4
@@ -429,9 +416,9 @@ def _grid(net: Network, depth_model: str, n0: int, s0: int, first: int, levels: 
     from the last two, would pass :data:`kerneleft.limits.MAX_SECONDS`."""
     history, arrays, tg, err = [], None, None, None
     for lev in range(first, first + levels):
-        nl, s = _level(n0, s0, lev)
+        nl, s = refinement_level(n0, s0, lev)
         if len(history) >= 2 and tol is not None:
-            ahead = _next_level_seconds([0.0] + [h["seconds"] for h in history])
+            ahead = next_level_seconds([0.0] + [h["seconds"] for h in history])
             if time.perf_counter() - t0 + ahead > limits.MAX_SECONDS:
                 raise ConvergenceError(
                     f"sigma: not converged to tol {tol:g} after {len(history)} refinements (achieved {err:.2g}, grid "
@@ -501,7 +488,7 @@ def solve_sigma(net: Network, depth_model: str = "continuous", degree="auto", to
     check_depth_model("depth_model", depth_model)
     opts = SigmaOptions(degree, tol, grid, substeps, max_levels)
     degree, tol, grid, max_levels = opts.degree, opts.tol, opts.grid, opts.max_levels
-    s0 = opts.substeps if opts.substeps is not None else -(-_MIN_STEPS // net.depth)
+    s0 = opts.substeps if opts.substeps is not None else default_substeps(net.depth)
     limits.check_result("depth", (net.depth + 1) * (3 * net.P ** 4 + 2 * net.P ** 2),
                         f"the sigma result over depth = {net.depth} layers")
     t0 = time.perf_counter()
